@@ -1,0 +1,146 @@
+"""`lakehouse`: the one command-line entry point (typer). Every command has `--help`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from pipelines.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="classroom-lakehouse: Kafka -> Spark Structured Streaming -> Delta.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+broker_app = typer.Typer(help="The embedded Kafka-compatible broker (tansu).", no_args_is_help=True)
+run_app = typer.Typer(help="Run a streaming job.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks (results go to docs/BENCHMARKS.md).",
+                        no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+app.add_typer(run_app, name="run")
+app.add_typer(bench_app, name="bench")
+
+console = Console(stderr=True)
+
+
+class _State:
+    profile: str | None = None
+
+
+def settings() -> Settings:
+    """Settings for the profile chosen on the command line; config errors end the command."""
+    try:
+        return load_settings(_State.profile)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.callback()
+def _main(
+    profile: Annotated[str | None, typer.Option(
+        "--profile", envvar="LAKEHOUSE_PROFILE", help="local (embedded default) or cluster.")] = None,
+) -> None:
+    _State.profile = profile
+    settings()  # fail fast on a bad configuration, naming the key
+
+
+# ---------------------------------------------------------------------------- broker
+@broker_app.command("start")
+def broker_start() -> None:
+    """Start the embedded broker; return once it answers and the configured topics exist."""
+    from pipelines.broker import EmbeddedBroker
+
+    status = EmbeddedBroker(settings()).start()
+    console.print(status.describe())
+
+
+@broker_app.command("stop")
+def broker_stop() -> None:
+    """Stop the embedded broker; leave no process behind."""
+    from pipelines.broker import EmbeddedBroker
+
+    status = EmbeddedBroker(settings()).stop()
+    console.print(status.describe())
+
+
+@broker_app.command("status")
+def broker_status() -> None:
+    """Report whether the embedded broker runs and answers."""
+    from pipelines.broker import EmbeddedBroker
+
+    status = EmbeddedBroker(settings()).status()
+    console.print(status.describe())
+    if not status.running:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------- simulate
+@app.command()
+def simulate(
+    classrooms: Annotated[int, typer.Option(min=1, help="Concurrent classrooms (lessons).")] = 50,
+    duration: Annotated[float, typer.Option(min=1, help="Simulated seconds of class.")] = 60,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same events.")] = 7,
+    rate_multiplier: Annotated[float, typer.Option(
+        min=0, help="0 = as fast as possible; 1 = real time; 2 = twice real time.")] = 0,
+    ground_truth: Annotated[Path | None, typer.Option(
+        help="Ground-truth JSON file (help_id -> injected cause); default under the root.")] = None,
+) -> None:
+    """Produce the five classroom event streams (with injected faults and bad input)."""
+    from pipelines.simulator.run import run_simulation
+
+    cfg = settings()
+    summary = run_simulation(cfg, classrooms=classrooms, duration_s=duration, seed=seed,
+                             rate_multiplier=rate_multiplier, ground_truth_path=ground_truth)
+    Console().print(summary.render())
+
+
+# ---------------------------------------------------------------------------- run
+@run_app.command("bronze")
+def run_bronze(
+    once: Annotated[bool, typer.Option(
+        "--once", help="Process what is available (availableNow trigger) and stop.")] = False,
+) -> None:
+    """Land every Kafka record in bronze.events, exactly once."""
+    from pipelines.jobs.bronze import run_bronze_job
+
+    result = run_bronze_job(settings(), once=once, console=console)
+    console.print(result)
+
+
+# ---------------------------------------------------------------------------- bench
+@bench_app.command("bronze")
+def bench_bronze(
+    events: Annotated[int, typer.Option(min=1000, help="AV events to produce.")] = 300_000,
+    output: Annotated[Path, typer.Option(help="Markdown file to append results to.")] = Path(
+        "docs/BENCHMARKS.md"),
+) -> None:
+    """librdkafka ceiling vs a plain ingest loop vs the bronze job, on the same data."""
+    from pipelines.bench.bronze import run_bronze_bench
+
+    run_bronze_bench(settings(), events=events, output=output, console=console)
+
+
+# ---------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    classrooms: Annotated[int, typer.Option(min=1)] = 200,
+    duration: Annotated[float, typer.Option(min=5, help="Simulated seconds.")] = 60,
+    seed: Annotated[int, typer.Option()] = 7,
+) -> None:
+    """Broker, a short simulation, bronze, and a summary of what landed."""
+    from pipelines.demo import run_demo
+
+    run_demo(settings(), classrooms=classrooms, duration_s=duration, seed=seed, console=console)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

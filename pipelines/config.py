@@ -1,0 +1,289 @@
+"""Typed configuration: `conf/base.yaml` + `conf/<profile>.yaml` + environment overrides.
+
+This is the one module that picks the profile. Precedence, lowest first:
+base.yaml, <profile>.yaml, `LAKEHOUSE__SECTION__KEY=value` environment variables, and the two
+short forms `LAKEHOUSE_ROOT` (storage root) and `LAKEHOUSE_PROFILE`. Secrets (SASL and database
+passwords) are never read from files: only from `LAKEHOUSE_KAFKA_SASL_PASSWORD` and
+`LAKEHOUSE_POSTGRES_PASSWORD`. Any bad key or value fails at start-up with a message naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "LAKEHOUSE__"
+SECRET_KEYS = frozenset({"sasl_password", "password", "postgres_password"})
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the offending key."""
+
+
+class Profile(StrEnum):
+    LOCAL = "local"
+    CLUSTER = "cluster"
+
+
+class KafkaSourceKind(StrEnum):
+    PYTHON = "python"  # the project's Spark Python streaming data source (no jars needed)
+    JVM = "jvm"  # Spark's built-in `kafka` format (spark-sql-kafka jar)
+
+
+class DeltaEngine(StrEnum):
+    DELTA_RS = "delta-rs"
+    DELTA_SPARK = "delta-spark"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Model):
+    root: str = "./lakehouse"
+
+    def path(self, *parts: str) -> str:
+        """A location under the storage root (a local path or an object-store URI)."""
+        if "://" in self.root:
+            return "/".join([self.root.rstrip("/"), *parts])
+        return str(Path(self.root).resolve().joinpath(*parts))
+
+
+class SparkConfig(_Model):
+    master: str = "local[2]"
+    app_name: str = "classroom-lakehouse"
+    shuffle_partitions: int = Field(4, ge=1)
+    extra_conf: dict[str, str] = Field(default_factory=dict)
+
+
+class KafkaConfig(_Model):
+    bootstrap_servers: str = "127.0.0.1:19092"
+    source: KafkaSourceKind = KafkaSourceKind.PYTHON
+    max_records_per_trigger: int = Field(200_000, ge=1)
+    starting_offsets: str = "earliest"
+    read_timeout_seconds: float = Field(300, gt=0)
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+
+    @field_validator("starting_offsets")
+    @classmethod
+    def _known_start(cls, value: str) -> str:
+        if value not in {"earliest", "latest"}:
+            raise ValueError("must be 'earliest' or 'latest'")
+        return value
+
+    def client_options(self) -> dict[str, str]:
+        """librdkafka/Java client properties shared by every producer and consumer."""
+        opts = {"bootstrap.servers": self.bootstrap_servers}
+        if self.security_protocol != "PLAINTEXT":
+            opts["security.protocol"] = self.security_protocol
+        if self.sasl_mechanism:
+            opts["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            opts["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            opts["sasl.password"] = self.sasl_password.get_secret_value()
+        return opts
+
+
+class DeltaConfig(_Model):
+    engine: DeltaEngine = DeltaEngine.DELTA_RS
+
+
+class BrokerConfig(_Model):
+    embedded: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(19092, ge=1, le=65535)
+    storage: str = "memory://tansu/"
+    start_timeout_seconds: float = Field(30, gt=0)
+    stop_timeout_seconds: float = Field(10, gt=0)  # SIGTERM grace before SIGKILL
+    # s3:// storage without AWS_ENDPOINT in the environment: the local S3 server (moto) port.
+    s3_port: int = Field(19000, ge=1, le=65535)
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, value: str) -> str:
+        if not (value.startswith("127.") or value in {"localhost", "::1"}):
+            raise ValueError("the embedded broker listens on loopback only")
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        if not value.startswith(("memory://", "s3://", "postgres://", "postgresql://")):
+            raise ValueError("must be memory://, s3:// or postgres:// storage")
+        return value
+
+
+class TopicConfig(_Model):
+    name: str
+    partitions: int = Field(1, ge=1)
+
+
+class StreamingConfig(_Model):
+    trigger_seconds: float = Field(1.0, ge=0)
+    bronze_topics: list[str]
+
+
+class BadInputShares(_Model):
+    """Share of generated events the simulator turns into each kind of bad input (a duplicate
+    is an extra copy of an earlier event, so its share counts against the events before it)."""
+
+    malformed_json: float = Field(0.0, ge=0, le=1)
+    missing_field: float = Field(0.0, ge=0, le=1)
+    wrong_type: float = Field(0.0, ge=0, le=1)
+    unknown_event_type: float = Field(0.0, ge=0, le=1)
+    unknown_schema_version: float = Field(0.0, ge=0, le=1)
+    unnatural_timestamp: float = Field(0.0, ge=0, le=1)
+    late: float = Field(0.0, ge=0, le=1)
+    duplicate: float = Field(0.0, ge=0, le=1)
+
+
+class SimulatorConfig(_Model):
+    help_share: float = Field(0.10, ge=0, le=1)
+    bad_input: BadInputShares = Field(default_factory=BadInputShares)
+    test_accounts: list[str] = Field(default_factory=list)
+    # A Help request comes no earlier than this into the lesson ...
+    help_min_offset_s: float = Field(20, ge=0)
+    # ... and its root-cause fault starts up to this long before it ...
+    fault_lead_s: float = Field(30, gt=0)
+    # ... and lasts this long after it (until the closed loop fixes it).
+    fault_persist_s: float = Field(60, ge=0)
+    # Share of participants whose client already sends av.quality schema v2 (with `codec`).
+    av_v2_share: float = Field(0.3, ge=0, le=1)
+
+
+class FaultConfig(_Model):
+    kill_after_delta_commit_batch: int | None = None
+
+
+class Settings(_Model):
+    profile: Profile = Profile.LOCAL
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    delta: DeltaConfig = Field(default_factory=DeltaConfig)
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    topics: list[TopicConfig]
+    streaming: StreamingConfig
+    simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
+    faults: FaultConfig = Field(default_factory=FaultConfig)
+
+    def table_path(self, table: str) -> str:
+        """`bronze.events` -> <root>/bronze/events."""
+        layer, _, name = table.partition(".")
+        if not name:
+            raise ConfigError(f"table name {table!r} must be <layer>.<name>")
+        return self.storage.path(layer, name)
+
+    def checkpoint_path(self, job: str) -> str:
+        return self.storage.path("_checkpoints", job)
+
+    def topic(self, name: str) -> TopicConfig:
+        for topic in self.topics:
+            if topic.name == name:
+                return topic
+        raise ConfigError(f"topics: no topic named {name!r}")
+
+
+def conf_dir() -> Path:
+    """`conf/` beside the packages, or `LAKEHOUSE_CONF_DIR`."""
+    override = os.environ.get("LAKEHOUSE_CONF_DIR")
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "conf"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    _reject_secrets(data, path.name, ())
+    return data
+
+
+def _reject_secrets(data: dict[str, Any], source: str, prefix: tuple[str, ...]) -> None:
+    for key, value in data.items():
+        if key in SECRET_KEYS and value is not None:
+            dotted = ".".join((*prefix, key))
+            raise ConfigError(f"{source}: {dotted} is a secret; set it in the environment instead")
+        if isinstance(value, dict):
+            _reject_secrets(value, source, (*prefix, key))
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """`LAKEHOUSE__KAFKA__MAX_RECORDS_PER_TRIGGER=5` -> {"kafka": {"max_records_per_trigger": "5"}}.
+
+    Values are parsed as YAML scalars/flow collections so lists and numbers work.
+    """
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        if not path:
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"environment {name}: not a valid value: {exc}") from exc
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return tree
+
+
+def load_settings(
+    profile: str | None = None, environ: dict[str, str] | None = None
+) -> Settings:
+    """Load the settings for `profile` (default: `LAKEHOUSE_PROFILE`, else `local`)."""
+    env = dict(os.environ if environ is None else environ)
+    chosen = profile or env.get("LAKEHOUSE_PROFILE") or Profile.LOCAL.value
+    try:
+        chosen_profile = Profile(chosen)
+    except ValueError as exc:
+        known = ", ".join(p.value for p in Profile)
+        raise ConfigError(f"profile: unknown profile {chosen!r} (known: {known})") from exc
+
+    directory = conf_dir()
+    data = _deep_merge(_read_yaml(directory / "base.yaml"),
+                       _read_yaml(directory / f"{chosen_profile.value}.yaml"))
+    data = _deep_merge(data, _env_overrides(env))
+    data["profile"] = chosen_profile.value
+    broker = data.get("broker", {})
+    if broker.get("embedded"):
+        # The embedded broker is the bootstrap server: one setting (broker.port) moves both.
+        host, port = broker.get("host", "127.0.0.1"), broker.get("port", 19092)
+        data.setdefault("kafka", {})["bootstrap_servers"] = f"{host}:{port}"
+    if env.get("LAKEHOUSE_ROOT"):
+        data.setdefault("storage", {})["root"] = env["LAKEHOUSE_ROOT"]
+    if env.get("LAKEHOUSE_KAFKA_SASL_PASSWORD"):
+        data.setdefault("kafka", {})["sasl_password"] = env["LAKEHOUSE_KAFKA_SASL_PASSWORD"]
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration ({chosen_profile.value}): {problems}") from exc

@@ -1,0 +1,151 @@
+"""Delta tables: one small place for reads and exactly-once appends, per engine.
+
+`local` writes through delta-rs (`deltalake`) from the driver via Arrow; `cluster` through
+delta-spark. Both make a streaming append idempotent the same way: the commit carries the
+streaming transaction (app id = the query's id, version = the batch id), and a batch whose
+version the table already holds for that app id is skipped, so a replayed micro-batch never
+writes twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.streaming import StreamingQuery
+
+from pipelines.config import DeltaEngine, Settings
+
+
+class DeltaWriter(Protocol):
+    """What the streaming jobs need of a Delta engine."""
+
+    def append(self, df: DataFrame, path: str, *, partition_by: Sequence[str],
+               app_id: str, version: int) -> bool:
+        """Append `df` once per (app_id, version); False when it was already written."""
+
+    def read(self, spark: SparkSession, path: str) -> DataFrame:
+        """The table's current snapshot as a Spark DataFrame."""
+
+    def exists(self, path: str) -> bool:
+        """Whether a Delta table is at `path`."""
+
+
+class DeltaRsWriter:
+    """delta-rs under Spark: the batch goes to the driver as Arrow and is committed there."""
+
+    def append(self, df: DataFrame, path: str, *, partition_by: Sequence[str],
+               app_id: str, version: int) -> bool:
+        from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+
+        if DeltaTable.is_deltatable(path):
+            done = DeltaTable(path).transaction_version(app_id)
+            if done is not None and done >= version:
+                return False
+        table = df.toArrow()
+        write_deltalake(
+            path, table, mode="append", partition_by=list(partition_by) or None,
+            commit_properties=CommitProperties(
+                app_transactions=[Transaction(app_id=app_id, version=version)]),
+        )
+        return True
+
+    def read(self, spark: SparkSession, path: str) -> DataFrame:
+        from deltalake import DeltaTable
+
+        return spark.createDataFrame(DeltaTable(path).to_pyarrow_table())
+
+    def exists(self, path: str) -> bool:
+        from deltalake import DeltaTable
+
+        return DeltaTable.is_deltatable(path)
+
+
+class DeltaSparkWriter:
+    """The JVM Delta connector: `txnAppId`/`txnVersion` make the append idempotent."""
+
+    def append(self, df: DataFrame, path: str, *, partition_by: Sequence[str],
+               app_id: str, version: int) -> bool:
+        (df.write.format("delta").mode("append")
+         .option("txnAppId", app_id).option("txnVersion", str(version))
+         .partitionBy(*partition_by).save(path))
+        return True
+
+    def read(self, spark: SparkSession, path: str) -> DataFrame:
+        return spark.read.format("delta").load(path)
+
+    def exists(self, path: str) -> bool:  # pragma: no cover - cluster profile
+        from delta.tables import DeltaTable
+        from pyspark.sql import SparkSession
+
+        return DeltaTable.isDeltaTable(SparkSession.getActiveSession(), path)
+
+
+def delta_writer(settings: Settings) -> DeltaWriter:
+    if settings.delta.engine is DeltaEngine.DELTA_SPARK:
+        return DeltaSparkWriter()
+    return DeltaRsWriter()
+
+
+def read_table(spark: SparkSession, settings: Settings, table: str) -> DataFrame:
+    """Read `layer.name` (e.g. `bronze.events`) from the storage root."""
+    return delta_writer(settings).read(spark, settings.table_path(table))
+
+
+def streaming_query_id(spark: SparkSession, checkpoint: str) -> str:
+    """The query id Spark keeps in `<checkpoint>/metadata`; stable across restarts."""
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    hpath = jvm.org.apache.hadoop.fs.Path(checkpoint.rstrip("/") + "/metadata")
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[attr-defined]
+    stream = fs.open(hpath)
+    try:
+        reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
+        return json.loads(reader.readLine())["id"]
+    finally:
+        stream.close()
+
+
+BatchHook = Callable[[DataFrame, int], None]
+
+
+def exactly_once_batch_writer(
+    settings: Settings, table: str, *, checkpoint: str, partition_by: Sequence[str],
+) -> BatchHook:
+    """A foreachBatch function appending each micro-batch to `table` exactly once."""
+    writer = delta_writer(settings)
+    path = settings.table_path(table)
+    kill_after = settings.faults.kill_after_delta_commit_batch
+    app_id: list[str] = []
+
+    def write_batch(batch: DataFrame, batch_id: int) -> None:
+        if not app_id:
+            app_id.append(streaming_query_id(batch.sparkSession, checkpoint))
+        writer.append(batch, path, partition_by=partition_by, app_id=app_id[0],
+                      version=batch_id)
+        if kill_after is not None and batch_id == kill_after:
+            # Fault injection for the exactly-once tests: die after the Delta commit but
+            # before Spark's commit log records the batch, so the restart must replay it.
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return write_batch
+
+
+def start_delta_stream(
+    df: DataFrame, settings: Settings, table: str, *, checkpoint: str,
+    partition_by: Sequence[str] = (), once: bool = False, query_name: str | None = None,
+) -> StreamingQuery:
+    """Start a streaming append of `df` into `table` (availableNow when `once`)."""
+    writer = (df.writeStream
+              .queryName(query_name or table.replace(".", "_"))
+              .option("checkpointLocation", checkpoint)
+              .foreachBatch(exactly_once_batch_writer(
+                  settings, table, checkpoint=checkpoint, partition_by=partition_by)))
+    if once:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{settings.streaming.trigger_seconds} seconds")
+    return writer.start()

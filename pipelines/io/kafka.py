@@ -1,0 +1,55 @@
+"""Kafka streaming reads: the one switch between the Python source and Spark's JVM source.
+
+Both give Spark's Kafka schema, so nothing downstream knows which one ran.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+
+from pipelines.config import KafkaSourceKind, Settings
+from pipelines.io.kafka_source import FORMAT_NAME
+
+
+def read_kafka_stream(spark: SparkSession, settings: Settings, topics: list[str], *,
+                      checkpoint: str) -> DataFrame:
+    """A streaming DataFrame over `topics` with Spark's Kafka source schema."""
+    kafka = settings.kafka
+    options = {f"kafka.{k}": v for k, v in kafka.client_options().items()}
+    options.update({
+        "subscribe": ",".join(topics),
+        "startingOffsets": kafka.starting_offsets,
+        "maxOffsetsPerTrigger": str(kafka.max_records_per_trigger),
+        "failOnDataLoss": "true",
+    })
+    if kafka.source is KafkaSourceKind.PYTHON:
+        fmt = FORMAT_NAME
+        options["readTimeoutSeconds"] = str(kafka.read_timeout_seconds)
+        # Lets the reader recover its rate-limit position after a restart (see kafka_source).
+        options["checkpointLocation"] = checkpoint
+        options["readerTasks"] = str(spark.sparkContext.defaultParallelism)
+    else:
+        fmt = "kafka"
+    return spark.readStream.format(fmt).options(**options).load()
+
+
+def kafka_end_offsets(settings: Settings, topics: list[str]) -> dict[str, dict[str, int]]:
+    """Each partition's high watermark now, in the source's offset format."""
+    from pipelines.io.kafka_source import KafkaStreamReader
+
+    options = {f"kafka.{k}": v for k, v in settings.kafka.client_options().items()}
+    options.update(subscribe=",".join(topics),
+                   readTimeoutSeconds=str(settings.kafka.read_timeout_seconds))
+    return KafkaStreamReader(options).high_watermarks()
+
+
+def caught_up(progress_end: object, target: dict[str, dict[str, int]]) -> bool:
+    """Whether a query progress's source endOffset has reached `target` everywhere."""
+    import ast
+
+    # Python sources report offsets as the repr of their dict, the JVM source as JSON.
+    end = ast.literal_eval(progress_end) if isinstance(progress_end, str) else progress_end
+    if not isinstance(end, dict):
+        return False
+    return all(int(end.get(t, {}).get(str(p), -1)) >= o
+               for t, parts in target.items() for p, o in parts.items())

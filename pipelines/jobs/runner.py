@@ -1,0 +1,48 @@
+"""Waiting on streaming queries with progress, and stopping them cleanly."""
+
+from __future__ import annotations
+
+from pyspark.sql.streaming import StreamingQuery
+from rich.console import Console
+
+from pipelines.io.kafka import caught_up
+
+
+def await_query(query: StreamingQuery, *, console: Console | None = None,
+                until_offsets: dict[str, dict[str, int]] | None = None,
+                poll_s: float = 1.0) -> tuple[int, int]:
+    """Block until the query ends, or has consumed `until_offsets`, or Ctrl-C.
+
+    `until_offsets` gives `--once` its meaning for a rate-limited source: process what was
+    available at the start, in as many capped micro-batches as it takes, then stop between
+    batches. Prints one line per batch. Returns (micro-batches, input rows); a failed query
+    raises its exception.
+    """
+    seen_batch = -1
+    batches = rows = 0
+    try:
+        while query.isActive:
+            query.awaitTermination(poll_s)
+            for progress in query.recentProgress:
+                batch_id = progress["batchId"]
+                if batch_id <= seen_batch:
+                    continue
+                seen_batch = batch_id
+                n = int(progress.get("numInputRows", 0))
+                if n:
+                    batches += 1
+                    rows += n
+                    if console is not None:
+                        rate = progress.get("processedRowsPerSecond") or 0
+                        console.print(f"[dim]{query.name} batch {batch_id}: {n:,} rows, "
+                                      f"{rate:,.0f} rows/s[/dim]")
+                if until_offsets is not None and progress["sources"] and caught_up(
+                        progress["sources"][0].get("endOffset"), until_offsets):
+                    query.stop()
+                    break
+    except KeyboardInterrupt:
+        query.stop()
+    exc = query.exception()
+    if exc is not None:
+        raise exc
+    return batches, rows

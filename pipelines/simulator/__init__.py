@@ -1,0 +1,32 @@
+"""Classroom event simulator: seeded lessons, injected root-cause faults, and bad input.
+
+`generate_events` is pure and deterministic (tests use it without a broker); `run_simulation`
+produces its output to Kafka.
+"""
+
+from pipelines.simulator.generator import generate_events, planned_help
+from pipelines.simulator.model import GOOD, BadKind, Cause, HelpTruth, SimEvent
+from pipelines.simulator.run import (
+    SimulationError,
+    SimulationSummary,
+    default_ground_truth_path,
+    producer_config,
+    run_simulation,
+    write_ground_truth,
+)
+
+__all__ = [
+    "GOOD",
+    "BadKind",
+    "Cause",
+    "HelpTruth",
+    "SimEvent",
+    "SimulationError",
+    "SimulationSummary",
+    "default_ground_truth_path",
+    "generate_events",
+    "planned_help",
+    "producer_config",
+    "run_simulation",
+    "write_ground_truth",
+]

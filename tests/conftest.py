@@ -1,0 +1,29 @@
+"""Shared fixtures: one SparkSession and one embedded broker for the whole test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fixtures_broker import broker, broker_settings  # noqa: E402, F401
+
+from pipelines.config import load_settings  # noqa: E402
+from pipelines.spark import build_spark  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
+    """One local Spark session (2 cores, few shuffle partitions, no UI) for every test."""
+    root = tmp_path_factory.mktemp("spark-root")
+    settings = load_settings("local", environ={**os.environ, "LAKEHOUSE_ROOT": str(root),
+                                               "LAKEHOUSE__SPARK__SHUFFLE_PARTITIONS": "2"})
+    session = build_spark(settings, app_name="lakehouse-tests")
+    yield session
+    session.stop()

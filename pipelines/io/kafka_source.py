@@ -92,21 +92,26 @@ def _client_options(options: Mapping[str, str]) -> dict[str, str]:
 
 
 def _plan_limit(start: Offsets, latest: Offsets, limit: int) -> Offsets:
-    """Cap the records between start and latest at `limit`, split in proportion to backlog."""
+    """Cap the records between start and latest at exactly `limit`, split by backlog."""
     backlog = {
-        (t, p): latest[t][p] - start.get(t, {}).get(p, 0)
+        (t, p): max(latest[t][p] - start.get(t, {}).get(p, 0), 0)
         for t in latest for p in latest[t]
     }
-    total = sum(max(b, 0) for b in backlog.values())
+    total = sum(backlog.values())
     if total <= limit:
         return latest
-    end: Offsets = {t: dict(parts) for t, parts in start.items()}
-    for (t, p), b in backlog.items():
-        take = max(b, 0) * limit // total
-        end.setdefault(t, {})[p] = start.get(t, {}).get(p, 0) + take
-    if end == start:  # rounding gave nothing: make progress on the largest backlog
-        t, p = max(backlog, key=lambda tp: backlog[tp])
-        end[t][p] = start.get(t, {}).get(p, 0) + min(limit, backlog[(t, p)])
+    take = {tp: b * limit // total for tp, b in backlog.items()}
+    # Hand the rounding remainder out one record at a time, largest backlog first.
+    short = limit - sum(take.values())
+    for tp in sorted(backlog, key=lambda tp: backlog[tp] - take[tp], reverse=True):
+        if short == 0:
+            break
+        if take[tp] < backlog[tp]:
+            take[tp] += 1
+            short -= 1
+    end: Offsets = {t: dict(parts) for t, parts in latest.items()}
+    for (t, p), n in take.items():
+        end[t][p] = start.get(t, {}).get(p, 0) + n
     return end
 
 
@@ -327,13 +332,18 @@ def read_ranges(client_options: dict[str, str], ranges: tuple[TopicPartitionRang
     consumer = Consumer({**client_options, "group.id": "lakehouse-reader",
                          "enable.auto.commit": False, "enable.partition.eof": False,
                          "fetch.max.bytes": 104857600, "max.partition.fetch.bytes": 52428800,
+                         "fetch.wait.max.ms": 50,
                          "queued.max.messages.kbytes": 262144})
     consumer.assign([TopicPartition(t, p, b.next_offset) for (t, p), b in buffers.items()])
     pending = set(buffers)
     deadline = time.monotonic() + timeout_s
     try:
         while pending:
-            messages = consumer.consume(num_messages=10_000, timeout=1.0)
+            # consume() waits for all `num_messages` or the timeout: never ask for more than
+            # is left, and keep the timeout short so a finished range does not stall.
+            remaining = sum(buffers[tp].part.end - buffers[tp].next_offset for tp in pending)
+            messages = consumer.consume(num_messages=max(1, min(10_000, remaining)),
+                                        timeout=0.1)
             if not messages:
                 if time.monotonic() > deadline:
                     missing = ", ".join(f"{t}[{p}]@{buffers[(t, p)].next_offset}"

@@ -1,0 +1,37 @@
+"""Planning of the Python Kafka source: rate limit and restart position."""
+
+from __future__ import annotations
+
+import json
+
+from pipelines.io.kafka_source import _last_logged_end, _plan_limit
+
+
+def test_plan_limit_takes_exactly_the_limit_in_proportion_to_backlog() -> None:
+    start = {"a": {"0": 0, "1": 10}, "b": {"0": 5}}
+    latest = {"a": {"0": 333, "1": 10}, "b": {"0": 672}}
+    end = _plan_limit(start, latest, 100)
+    taken = {(t, p): end[t][p] - start[t][p] for t in end for p in end[t]}
+    assert sum(taken.values()) == 100
+    assert taken[("a", "1")] == 0
+    assert 30 <= taken[("a", "0")] <= 35 and 65 <= taken[("b", "0")] <= 70
+
+
+def test_plan_limit_returns_latest_when_backlog_fits() -> None:
+    latest = {"a": {"0": 50}}
+    assert _plan_limit({"a": {"0": 0}}, latest, 100) == latest
+
+
+def test_plan_limit_reads_new_partitions_from_zero() -> None:
+    end = _plan_limit({"a": {"0": 10}}, {"a": {"0": 10, "1": 40}}, 25)
+    assert end == {"a": {"0": 10, "1": 25}}
+
+
+def test_restart_position_comes_from_the_newest_offset_log_entry(tmp_path) -> None:
+    offsets = tmp_path / "offsets"
+    offsets.mkdir()
+    meta = json.dumps({"batchWatermarkMs": 0})
+    (offsets / "0").write_text(f'v1\n{meta}\n{json.dumps({"a": {"0": 5}})}\n')
+    (offsets / "1").write_text(f'v1\n{meta}\n{json.dumps({"a": {"0": 9}})}\n')
+    assert _last_logged_end(str(tmp_path), {"a"}) == {"a": {"0": 9}}
+    assert _last_logged_end(str(tmp_path), {"other"}) is None

@@ -40,7 +40,8 @@ def settings() -> Settings:
 @app.callback()
 def _main(
     profile: Annotated[str | None, typer.Option(
-        "--profile", envvar="LAKEHOUSE_PROFILE", help="local (embedded default) or cluster.")] = None,
+        "--profile", envvar="LAKEHOUSE_PROFILE",
+        help="local (embedded default) or cluster.")] = None,
 ) -> None:
     _State.profile = profile
     settings()  # fail fast on a bad configuration, naming the key
@@ -136,10 +137,17 @@ def demo(
 
 
 def main() -> None:
+    from pipelines.broker import BrokerError
+    from pipelines.io.kafka_source import KafkaSourceError
+    from pipelines.simulator.run import SimulationError
+
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover
         sys.exit(130)
+    except (BrokerError, SimulationError, KafkaSourceError, ConfigError) as exc:
+        console.print(f"error: {exc}", markup=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

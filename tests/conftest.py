@@ -12,10 +12,10 @@ from pyspark.sql import SparkSession
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fixtures_broker import broker, broker_settings  # noqa: E402, F401
+from fixtures_broker import broker, broker_settings  # noqa: F401
 
-from pipelines.config import load_settings  # noqa: E402
-from pipelines.spark import build_spark  # noqa: E402
+from pipelines.config import load_settings
+from pipelines.spark import build_spark
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ def produce(settings: Settings, records: list[tuple[str, bytes | None, bytes]]) 
                          "enable.idempotence": False, "acks": "all"})
     failures: list[str] = []
 
-    def on_delivery(err, _msg) -> None:  # noqa: ANN001
+    def on_delivery(err, _msg) -> None:
         if err is not None:
             failures.append(str(err))
 

@@ -7,12 +7,11 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from chispa import assert_df_equality
 from deltalake import DeltaTable
-
 from kafka_helpers import (
     bronze_rows,
     lakehouse_cli,
@@ -20,6 +19,7 @@ from kafka_helpers import (
     record_bytes,
     unique_topics_env,
 )
+
 from pipelines.jobs.bronze import start_bronze
 from pipelines.jobs.runner import await_query
 from pipelines.transforms.bronze import kafka_to_bronze
@@ -43,7 +43,7 @@ def known_records(n: int, topics: list[str], seed: int = 1) -> list[tuple[str, b
     return records
 
 
-def assert_bronze_holds_exactly(settings, records) -> None:  # noqa: ANN001
+def assert_bronze_holds_exactly(settings, records) -> None:
     rows = bronze_rows(settings)
     coords = Counter((r["topic"], r["partition"], r["offset"]) for r in rows)
     assert len(rows) == len(records), f"bronze has {len(rows)} rows, produced {len(records)}"
@@ -54,7 +54,7 @@ def assert_bronze_holds_exactly(settings, records) -> None:  # noqa: ANN001
 
 
 def test_kafka_to_bronze_keeps_text_and_raw_bytes(spark) -> None:
-    ts = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+    ts = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
     source = spark.createDataFrame(
         [(b"c1", b'{"a":1}', "classroom.av", 0, 5, ts, 0),
          (None, b"\xff\xfe", "classroom.av", 1, 9, ts, 0)],
@@ -148,7 +148,7 @@ def test_sigkill_at_a_random_moment_loses_and_duplicates_nothing(broker, tmp_pat
     assert_bronze_holds_exactly(settings, records)
 
 
-def lakehouse_exe():  # noqa: ANN201
+def lakehouse_exe():
     import sys
     from pathlib import Path
 

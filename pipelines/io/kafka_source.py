@@ -154,7 +154,7 @@ class KafkaStreamReader(DataSourceStreamReader):
             self._last_end = _last_logged_end(checkpoint, set(self.topics))
 
     # -- driver side -------------------------------------------------------------------------
-    def _consumer(self):  # noqa: ANN202 - confluent_kafka.Consumer, imported lazily
+    def _consumer(self):
         from confluent_kafka import Consumer
 
         if self._planner is None:
@@ -209,7 +209,7 @@ class KafkaStreamReader(DataSourceStreamReader):
         return result
 
     @staticmethod
-    def _fetched_high_watermarks(consumer, low: dict, high: dict) -> dict:  # noqa: ANN001
+    def _fetched_high_watermarks(consumer, low: dict, high: dict) -> dict:
         """True end offsets, read by fetching the newest record batch of each partition.
 
         tansu 0.6 answers ListOffsets(latest) with the newest batch's *first* offset + 1, so
@@ -244,7 +244,7 @@ class KafkaStreamReader(DataSourceStreamReader):
             consumer.unassign()
         return ends
 
-    def initialOffset(self) -> Offsets:  # noqa: N802 - Spark's API name
+    def initialOffset(self) -> Offsets:
         initial = self._watermarks(earliest=self.options.get("startingoffsets") != "latest")
         self._last_end = initial  # the first batch starts here, so the rate limit applies
         return initial
@@ -253,10 +253,17 @@ class KafkaStreamReader(DataSourceStreamReader):
         """Where each partition ends now (the target of a run that stops when caught up)."""
         return self._watermarks(earliest=False)
 
-    def latestOffset(self) -> Offsets:  # noqa: N802
+    def latestOffset(self) -> Offsets:
         latest = self._watermarks(earliest=False)
         # Spark asks for the latest offset before the initial one on a fresh query.
         start = self._last_end if self._last_end is not None else self.initialOffset()
+        behind = [f"{t}[{p}] {o} < {start[t][p]}" for t, parts in latest.items()
+                  for p, o in parts.items() if o < start.get(t, {}).get(p, 0)]
+        if behind and self.fail_on_data_loss:
+            raise KafkaSourceError(
+                "the broker's offsets went backwards (" + ", ".join(behind) + "): it lost its "
+                "data (a restarted memory-storage broker?). Use durable broker storage, or "
+                "delete this query's checkpoint to start over.")
         # New partitions start at 0; never plan behind what was already handed out.
         latest = {t: {p: max(o, start.get(t, {}).get(p, 0)) for p, o in parts.items()}
                   for t, parts in latest.items()}
@@ -409,5 +416,5 @@ class KafkaDataSource(DataSource):
     def schema(self) -> StructType:
         return KAFKA_SCHEMA
 
-    def streamReader(self, schema: StructType) -> KafkaStreamReader:  # noqa: N802
+    def streamReader(self, schema: StructType) -> KafkaStreamReader:
         return KafkaStreamReader(self.options)

@@ -193,9 +193,9 @@ class Settings(_Model):
         raise ConfigError(f"topics: no topic named {name!r}")
 
 
-def conf_dir() -> Path:
+def conf_dir(environ: dict[str, str] | None = None) -> Path:
     """`conf/` beside the packages, or `LAKEHOUSE_CONF_DIR`."""
-    override = os.environ.get("LAKEHOUSE_CONF_DIR")
+    override = (os.environ if environ is None else environ).get("LAKEHOUSE_CONF_DIR")
     return Path(override) if override else Path(__file__).resolve().parent.parent / "conf"
 
 
@@ -266,7 +266,7 @@ def load_settings(
         known = ", ".join(p.value for p in Profile)
         raise ConfigError(f"profile: unknown profile {chosen!r} (known: {known})") from exc
 
-    directory = conf_dir()
+    directory = conf_dir(env)
     data = _deep_merge(_read_yaml(directory / "base.yaml"),
                        _read_yaml(directory / f"{chosen_profile.value}.yaml"))
     data = _deep_merge(data, _env_overrides(env))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,8 @@ bench_app = typer.Typer(help="Benchmarks (results go to docs/BENCHMARKS.md).",
 app.add_typer(broker_app, name="broker")
 app.add_typer(run_app, name="run")
 app.add_typer(bench_app, name="bench")
+rejects_app = typer.Typer(help="The reject ledger (silver.rejects).", no_args_is_help=True)
+app.add_typer(rejects_app, name="rejects")
 
 console = Console(stderr=True)
 
@@ -110,6 +113,36 @@ def run_bronze(
     console.print(result)
 
 
+@run_app.command("silver")
+def run_silver(
+    once: Annotated[bool, typer.Option(
+        "--once", help="Process what bronze holds now and stop.")] = False,
+) -> None:
+    """Validate, deduplicate and enrich into silver tables; rejects into silver.rejects."""
+    from pipelines.jobs.silver import run_silver_job
+
+    result = run_silver_job(settings(), once=once, console=console)
+    console.print(result)
+
+
+# ---------------------------------------------------------------------------- rejects
+@rejects_app.command("replay")
+def rejects_replay(
+    reason: Annotated[str | None, typer.Option(help="Only this reason code.")] = None,
+    since: Annotated[datetime | None, typer.Option(
+        help="Only records the broker received at or after this time (UTC).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, do not produce.")] = False,
+) -> None:
+    """Re-publish chosen rejects (exact bytes and key) to their topic after a fix."""
+    from pipelines.jobs.replay import replay_rejects
+
+    when = since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since
+    counts = replay_rejects(settings(), reason=reason, since=when, dry_run=dry_run)
+    verb = "would replay" if dry_run else "replayed"
+    total = sum(counts.values())
+    console.print(f"{verb} {total} rejects: " + ", ".join(f"{t}={n}" for t, n in counts.items()))
+
+
 # ---------------------------------------------------------------------------- bench
 @bench_app.command("bronze")
 def bench_bronze(
@@ -139,13 +172,15 @@ def demo(
 def main() -> None:
     from pipelines.broker import BrokerError
     from pipelines.io.kafka_source import KafkaSourceError
+    from pipelines.jobs.replay import ReplayError
     from pipelines.simulator.run import SimulationError
 
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover
         sys.exit(130)
-    except (BrokerError, SimulationError, KafkaSourceError, ConfigError) as exc:
+    except (BrokerError, SimulationError, KafkaSourceError, ConfigError, ReplayError,
+            FileNotFoundError) as exc:
         console.print(f"error: {exc}", markup=False)
         sys.exit(1)
 

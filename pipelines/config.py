@@ -160,8 +160,58 @@ class SimulatorConfig(_Model):
     av_v2_share: float = Field(0.3, ge=0, le=1)
 
 
+class DimensionSource(StrEnum):
+    DELTA = "delta"  # Delta dimension tables under the storage root, joined stream-static
+    POSTGRES = "postgres"  # PostgreSQL, read through the batched TTL-cached lesson lookup
+
+
+class DimensionsConfig(_Model):
+    """Where silver's dimension data lives and how the PostgreSQL lookup caches and retries."""
+
+    source: DimensionSource = DimensionSource.DELTA
+    # `lakehouse simulate` writes the dimension rows of the lessons it simulates.
+    write_on_simulate: bool = True
+    ttl_s: float = Field(300, gt=0)  # a found lesson is fetched again after this long
+    negative_ttl_s: float = Field(15, ge=0)  # an unknown lesson id is asked again after this
+    max_batch: int = Field(5000, ge=1)  # lesson ids per `= ANY(%s)` round trip
+    cache_max_entries: int = Field(500_000, ge=1)
+    retry_total_s: float = Field(60, ge=0)  # keep retrying an unreachable database this long
+    retry_initial_backoff_s: float = Field(0.2, gt=0)
+    retry_max_backoff_s: float = Field(5, gt=0)
+
+
+class PostgresConfig(_Model):
+    """The dimension database. The password comes only from LAKEHOUSE_POSTGRES_PASSWORD."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(5432, ge=1, le=65535)
+    user: str = "postgres"
+    database: str = "postgres"
+    schema_name: str = Field("dim", alias="schema", pattern=r"^[a-z_][a-z0-9_]*$")
+    sslmode: str = "prefer"
+    connect_timeout_s: int = Field(5, ge=1)
+    application_name: str = "classroom-lakehouse"
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
 class FaultConfig(_Model):
     kill_after_delta_commit_batch: int | None = None
+
+
+class SilverSource(StrEnum):
+    BRONZE = "bronze"  # replayable: a backfill re-reads bronze
+    KAFKA = "kafka"
+
+
+class SilverConfig(_Model):
+    source: SilverSource = SilverSource.BRONZE
+    dedup_window_s: float = Field(600, gt=0)  # broker-time horizon of event_id dedup state
+    lateness_s: float = Field(120, ge=0)  # event-time watermark delay; older rows are `late`
+    max_clock_ahead_s: float = Field(300, gt=0)  # client clock ahead of broker: unnatural
+    max_clock_behind_s: float = Field(86_400, gt=0)  # event older than this at receipt: unnatural
+    filtered_users: list[str] = Field(default_factory=list)  # test accounts, internal users
+    max_versions_per_trigger: int = Field(10, ge=1)  # bronze commits per silver micro-batch
 
 
 class Settings(_Model):
@@ -175,6 +225,9 @@ class Settings(_Model):
     streaming: StreamingConfig
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
     faults: FaultConfig = Field(default_factory=FaultConfig)
+    dimensions: DimensionsConfig = Field(default_factory=DimensionsConfig)
+    postgres: PostgresConfig = Field(default_factory=PostgresConfig)
+    silver: SilverConfig = Field(default_factory=SilverConfig)
 
     def table_path(self, table: str) -> str:
         """`bronze.events` -> <root>/bronze/events."""

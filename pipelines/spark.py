@@ -8,7 +8,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from pipelines.config import KafkaSourceKind, Settings
+from pipelines.config import DeltaEngine, KafkaSourceKind, Settings
 
 
 def ensure_java() -> None:
@@ -49,4 +49,8 @@ def build_spark(settings: Settings, app_name: str | None = None) -> SparkSession
         from pipelines.io.kafka_source import KafkaDataSource
 
         spark.dataSource.register(KafkaDataSource)
+    if settings.delta.engine is DeltaEngine.DELTA_RS:
+        from pipelines.io.delta_source import DeltaRsStreamSource
+
+        spark.dataSource.register(DeltaRsStreamSource)
     return spark

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
+from pyspark.sql.types import StructType
 
 from pipelines.config import DeltaEngine, Settings
 
@@ -47,6 +48,8 @@ class DeltaRsWriter:
             if done is not None and done >= version:
                 return False
         table = df.toArrow()
+        if table.num_rows == 0:
+            return False  # nothing to add; a replay derives the same nothing
         write_deltalake(
             path, table, mode="append", partition_by=list(partition_by) or None,
             commit_properties=CommitProperties(
@@ -94,6 +97,21 @@ def delta_writer(settings: Settings) -> DeltaWriter:
 def read_table(spark: SparkSession, settings: Settings, table: str) -> DataFrame:
     """Read `layer.name` (e.g. `bronze.events`) from the storage root."""
     return delta_writer(settings).read(spark, settings.table_path(table))
+
+
+def read_delta_stream(spark: SparkSession, settings: Settings, table: str, schema: StructType,
+                      *, checkpoint: str, max_versions_per_trigger: int = 10) -> DataFrame:
+    """Stream the rows appended to `table` (delta-rs source locally, delta-spark on a cluster)."""
+    path = settings.table_path(table)
+    if settings.delta.engine is DeltaEngine.DELTA_SPARK:
+        return (spark.readStream.format("delta")
+                .option("maxFilesPerTrigger", str(max_versions_per_trigger * 16)).load(path))
+    from pipelines.io.delta_source import FORMAT_NAME
+
+    return (spark.readStream.format(FORMAT_NAME).schema(schema)
+            .option("checkpointLocation", checkpoint)
+            .option("maxVersionsPerTrigger", str(max_versions_per_trigger))
+            .load(path))
 
 
 def streaming_query_id(spark: SparkSession, checkpoint: str) -> str:

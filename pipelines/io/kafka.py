@@ -5,6 +5,8 @@ Both give Spark's Kafka schema, so nothing downstream knows which one ran.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.config import KafkaSourceKind, Settings
@@ -43,13 +45,23 @@ def kafka_end_offsets(settings: Settings, topics: list[str]) -> dict[str, dict[s
     return KafkaStreamReader(options).high_watermarks()
 
 
-def caught_up(progress_end: object, target: dict[str, dict[str, int]]) -> bool:
-    """Whether a query progress's source endOffset has reached `target` everywhere."""
+def caught_up(progress_end: object, target: Mapping[str, object]) -> bool:
+    """Whether a query progress's source endOffset has reached `target` at every leaf.
+
+    Offsets are nested maps of numbers: {topic: {partition: offset}} for Kafka, {"version": v}
+    for a Delta table.
+    """
     import ast
 
     # Python sources report offsets as the repr of their dict, the JVM source as JSON.
     end = ast.literal_eval(progress_end) if isinstance(progress_end, str) else progress_end
-    if not isinstance(end, dict):
+    if not isinstance(end, Mapping):
         return False
-    return all(int(end.get(t, {}).get(str(p), -1)) >= o
-               for t, parts in target.items() for p, o in parts.items())
+    for key, want in target.items():
+        have = end.get(key, end.get(str(key)))
+        if isinstance(want, Mapping):
+            if not caught_up(have, want):
+                return False
+        elif have is None or int(have) < int(want):
+            return False
+    return True

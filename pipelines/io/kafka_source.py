@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,8 +115,11 @@ def _plan_limit(start: Offsets, latest: Offsets, limit: int) -> Offsets:
     return end
 
 
-def _last_logged_end(checkpoint: str, topics: set[str]) -> Offsets | None:
-    """The newest end offsets this source wrote to the query's offset log, if any."""
+def last_logged_offset(checkpoint: str, belongs: Callable[[dict], bool]) -> dict | None:
+    """The newest offset a source wrote to the query's offset log, if any.
+
+    `belongs` picks this source's entry among the query's sources.
+    """
     log_dir = Path(checkpoint) / "offsets"
     if "://" in checkpoint or not log_dir.is_dir():
         return None
@@ -127,9 +130,16 @@ def _last_logged_end(checkpoint: str, topics: set[str]) -> Offsets | None:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(entry, dict) and entry and set(entry) <= topics:
-                return {t: {p: int(o) for p, o in parts.items()} for t, parts in entry.items()}
+            if isinstance(entry, dict) and entry and belongs(entry):
+                return entry
     return None
+
+
+def _last_logged_end(checkpoint: str, topics: set[str]) -> Offsets | None:
+    entry = last_logged_offset(checkpoint, lambda e: set(e) <= topics)
+    if entry is None:
+        return None
+    return {t: {p: int(o) for p, o in parts.items()} for t, parts in entry.items()}
 
 
 class KafkaStreamReader(DataSourceStreamReader):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pyspark.sql.streaming import StreamingQuery
 from rich.console import Console
 
@@ -9,7 +11,7 @@ from pipelines.io.kafka import caught_up
 
 
 def await_query(query: StreamingQuery, *, console: Console | None = None,
-                until_offsets: dict[str, dict[str, int]] | None = None,
+                until_offsets: Mapping[str, object] | None = None,
                 poll_s: float = 1.0) -> tuple[int, int]:
     """Block until the query ends, or has consumed `until_offsets`, or Ctrl-C.
 

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pipelines.config import Settings
+from pipelines.dimensions.store import publish_dimensions
 from pipelines.simulator.generator import generate_windows
 from pipelines.simulator.model import GOOD, HelpTruth
 from schemas.contract import TOPICS
@@ -153,6 +154,7 @@ def run_simulation(settings: Settings, *, classrooms: int, duration_s: float, se
 
     producer = Producer({**producer_config(settings), "on_delivery": on_delivery})
     _check_topics(producer, min(settings.kafka.read_timeout_seconds, 15))
+    publish_dimensions(settings, classrooms=classrooms, seed=seed, start_ms=start)
 
     truths: dict[str, HelpTruth] = {}
     per_topic: Counter[str] = Counter()

@@ -1,0 +1,113 @@
+"""Spark Python streaming data source over a delta-rs table (the `local` profile's Delta reader).
+
+Lets silver read bronze as a stream without the delta-spark jar, like
+`spark.readStream.format("delta")` does in the `cluster` profile. The offset is the last table
+version processed ({"version": v}); each micro-batch reads the rows appended by the versions
+after it, one Spark partition per version: the executors read the Parquet files that version's
+`_delta_log` commit added. Append-only tables only (bronze is): a version that removes data is an
+error; compaction (`dataChange: false`) is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+import pyarrow as pa
+from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.types import StructType
+
+from pipelines.io.kafka_source import last_logged_offset
+
+FORMAT_NAME = "lakehouse_delta"
+
+
+class DeltaSourceError(RuntimeError):
+    """The table changed in a way an append-only stream cannot follow."""
+
+
+@dataclass(frozen=True)
+class TableVersion(InputPartition):
+    path: str
+    version: int
+
+
+def _added_files(path: str, version: int) -> list[dict]:
+    """The files a commit added, from its `_delta_log` entry; removals are not followed."""
+    log = Path(path) / "_delta_log" / f"{version:020d}.json"
+    added = []
+    for line in log.read_text().splitlines():
+        action = json.loads(line)
+        if "add" in action and action["add"].get("dataChange", True):
+            added.append(action["add"])
+        elif "remove" in action and action["remove"].get("dataChange", True):
+            raise DeltaSourceError(f"{path} v{version} removes data; the stream is append-only")
+    return added
+
+
+class DeltaStreamReader(DataSourceStreamReader):
+    def __init__(self, schema: StructType, options: Mapping[str, str]) -> None:
+        opts = {k.lower(): v for k, v in options.items()}
+        self.path = opts["path"]
+        self.schema = schema
+        self.max_versions = max(int(opts.get("maxversionspertrigger", "10")), 1)
+        self._last_end: int | None = None
+        checkpoint = opts.get("checkpointlocation")
+        if checkpoint:
+            entry = last_logged_offset(checkpoint, lambda e: set(e) == {"version"})
+            if entry is not None:
+                self._last_end = int(entry["version"])
+
+    def _table_version(self) -> int:
+        from deltalake import DeltaTable
+
+        if not DeltaTable.is_deltatable(self.path):
+            return -1
+        return DeltaTable(self.path).version()
+
+    def initialOffset(self) -> dict:  # noqa: N802 - Spark's API name
+        self._last_end = -1
+        return {"version": -1}
+
+    def latestOffset(self) -> dict:  # noqa: N802
+        start = self._last_end if self._last_end is not None else -1
+        end = min(self._table_version(), start + self.max_versions)
+        self._last_end = max(end, start)
+        return {"version": self._last_end}
+
+    def partitions(self, start: dict, end: dict) -> list[TableVersion]:
+        return [TableVersion(self.path, v)
+                for v in range(int(start["version"]) + 1, int(end["version"]) + 1)]
+
+    def read(self, partition: TableVersion) -> Iterator[pa.RecordBatch]:
+        import pyarrow.parquet as pq
+
+        target = to_arrow_schema(self.schema)
+        for add in _added_files(self.path, partition.version):
+            data = pq.read_table(Path(self.path) / unquote(add["path"]))
+            for column, value in (add.get("partitionValues") or {}).items():
+                if column in target.names and column not in data.column_names:
+                    values = pa.array([value] * data.num_rows, pa.string())
+                    data = data.append_column(column, values.cast(target.field(column).type))
+            yield from data.select(target.names).cast(target).to_batches()
+
+    def commit(self, end: dict) -> None:
+        """Progress lives in Spark's checkpoint."""
+
+
+class DeltaRsStreamSource(DataSource):
+    """`spark.readStream.format("lakehouse_delta").schema(s).load(path)`."""
+
+    @classmethod
+    def name(cls) -> str:
+        return FORMAT_NAME
+
+    def schema(self) -> StructType:
+        raise DeltaSourceError("give the table schema: readStream.schema(...)")
+
+    def streamReader(self, schema: StructType) -> DeltaStreamReader:  # noqa: N802
+        return DeltaStreamReader(schema, self.options)

@@ -1,0 +1,195 @@
+"""`lakehouse run silver`: typed, validated, deduplicated, enriched silver tables + reject ledger.
+
+Plan of the streaming query (pure transforms, then one foreachBatch sink):
+
+    bronze (Delta stream) or Kafka
+      -> parse_and_validate            contract: JSON parsed in the JVM, reason per record
+      -> flag_unnatural_timestamps     client clock vs broker clock
+      -> flag_filtered_users           test accounts, internal users
+      -> withWatermark(kafka_timestamp) + dropDuplicatesWithinWatermark(dedup_key)
+      -> foreachBatch: event-time watermark -> `late`, split, enrich, write (exactly once)
+
+Why dedup runs on broker time, not event time: Spark's stateful operators drop rows behind the
+watermark and only count them, and the contract says late events must be kept. Broker time
+only moves forward, so the dedup operator drops (nearly) nothing as late, its state stays
+bounded by `silver.dedup_window_s`, and what it does drop is still counted in
+`ops.stream_progress`. Lateness against the *event-time* watermark (Spark's rule: newest event
+time of earlier batches minus `silver.lateness_s`) is decided in the batch, where the late rows
+can go to `silver.rejects` with the watermark they missed.
+
+Every table write carries the streaming transaction (query id, batch id): a replayed batch
+re-derives the same rows and skips every table that already has them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from rich.console import Console
+
+from pipelines.config import Settings, SilverSource
+from pipelines.dimensions.enrich import LESSON_ATTRIBUTES, enrich_with_lessons, read_lesson_dim
+from pipelines.io.delta import (
+    delta_writer,
+    read_delta_stream,
+    streaming_query_id,
+)
+from pipelines.io.kafka import kafka_end_offsets, read_kafka_stream
+from pipelines.jobs.bronze import BRONZE_TABLE, JobResult, RunningJob
+from pipelines.jobs.progress import ProgressRecorder
+from pipelines.jobs.runner import await_query
+from pipelines.spark import build_spark
+from pipelines.transforms.bronze import kafka_to_bronze
+from pipelines.transforms.silver import (
+    REJECTS_TABLE,
+    SILVER_TABLES,
+    EventTimeWatermark,
+    accepted_for,
+    flag_filtered_users,
+    flag_late,
+    flag_unnatural_timestamps,
+    quality_counts,
+    rejects,
+    with_dedup_key,
+)
+from pipelines.transforms.validate import parse_and_validate
+from schemas.contract import EVENT_TYPES, EVENT_TYPES_OF_TOPIC
+
+METRICS_TABLE = "ops.quality_metrics"
+
+
+def payload_fields(topic: str) -> list[str]:
+    """Every payload field any version of the topic's event types defines, in order."""
+    names: dict[str, None] = {}
+    for event_type in EVENT_TYPES_OF_TOPIC[topic]:
+        for version in EVENT_TYPES[event_type].versions:
+            names.update(dict.fromkeys(spec.name for spec in version.fields))
+    return list(names)
+
+
+def silver_input(settings: Settings) -> Callable[[DataFrame], DataFrame]:
+    """Contract checks and record-level filters, before dedup (pure)."""
+    cfg = settings.silver
+
+    def apply(df: DataFrame) -> DataFrame:
+        return (df.transform(parse_and_validate)
+                  .transform(flag_unnatural_timestamps(cfg.max_clock_ahead_s,
+                                                       cfg.max_clock_behind_s))
+                  .transform(flag_filtered_users(cfg.filtered_users))
+                  .transform(with_dedup_key))
+
+    return apply
+
+
+class SilverBatchWriter:
+    """The foreachBatch sink: lateness, routing, enrichment, and exactly-once writes."""
+
+    def __init__(self, settings: Settings, checkpoint: str) -> None:
+        self.settings = settings
+        self.checkpoint = checkpoint
+        self.writer = delta_writer(settings)
+        self.watermark = EventTimeWatermark(int(settings.silver.lateness_s * 1000))
+        self.app_id: str | None = None
+        self.max_event_ms: dict[int, int] = {}  # batch id -> newest accepted event time
+
+    def _load_history(self, spark: SparkSession) -> None:
+        """Newest accepted event time per earlier batch, from the metrics this query wrote."""
+        path = self.settings.table_path(METRICS_TABLE)
+        if not self.writer.exists(path):
+            return
+        rows = (self.writer.read(spark, path)
+                .where((F.col("query_id") == self.app_id) & (F.col("outcome") == "accepted"))
+                .groupBy("batch_id").agg(F.max("max_event_time").alias("newest"))
+                .collect())
+        self.max_event_ms = {r.batch_id: int(r.newest.timestamp() * 1000)
+                             for r in rows if r.newest is not None}
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        spark = batch.sparkSession
+        if self.app_id is None:
+            self.app_id = streaming_query_id(spark, self.checkpoint)
+            self._load_history(spark)
+        before = [m for b, m in self.max_event_ms.items() if b < batch_id]
+        watermark_ms = self.watermark.for_batch(max(before) if before else None)
+        rows = batch.transform(flag_late(watermark_ms)).persist()
+        try:
+            self._write(spark, rows, batch_id)
+        finally:
+            rows.unpersist()
+
+    def _write(self, spark: SparkSession, rows: DataFrame, batch_id: int) -> None:
+        table_path = self.settings.table_path
+        lessons = read_lesson_dim(spark, self.settings)
+        extra = [*LESSON_ATTRIBUTES, "lesson_known"]
+        for topic, table in SILVER_TABLES.items():
+            accepted = (rows.transform(enrich_with_lessons(lessons))
+                        .transform(accepted_for(topic, payload_fields(topic), extra)))
+            self._append(accepted, table_path(table), ["event_date"], batch_id)
+        self._append(rows.transform(rejects(batch_id)), table_path(REJECTS_TABLE),
+                     ["reject_date"], batch_id)
+        metrics = (rows.transform(quality_counts(batch_id))
+                   .withColumn("query_id", F.lit(self.app_id))
+                   .withColumn("recorded_at", F.current_timestamp()))
+        newest = metrics.where(F.col("outcome") == "accepted").agg(
+            F.max("max_event_time")).first()[0]
+        self._append(metrics, table_path(METRICS_TABLE), [], batch_id)
+        if newest is not None:
+            self.max_event_ms[batch_id] = int(newest.timestamp() * 1000)
+
+    def _append(self, df: DataFrame, path: str, partition_by: list[str], batch_id: int) -> None:
+        assert self.app_id is not None
+        self.writer.append(df, path, partition_by=partition_by, app_id=self.app_id,
+                           version=batch_id)
+
+
+def start_silver(spark: SparkSession, settings: Settings, *, once: bool) -> RunningJob:
+    """Start the silver query on an existing session (CLI, demo, tests)."""
+    checkpoint = settings.checkpoint_path("silver")
+    cfg = settings.silver
+    target = None
+    if cfg.source is SilverSource.KAFKA:
+        topics = list(SILVER_TABLES)
+        source = read_kafka_stream(spark, settings, topics, checkpoint=checkpoint)
+        source = source.transform(kafka_to_bronze)
+        if once:
+            target = kafka_end_offsets(settings, topics)
+    else:
+        bronze_path = settings.table_path(BRONZE_TABLE)
+        writer = delta_writer(settings)
+        if not writer.exists(bronze_path):
+            raise FileNotFoundError(f"{BRONZE_TABLE} does not exist yet at {bronze_path}: "
+                                    "run `lakehouse run bronze` first")
+        schema = writer.read(spark, bronze_path).schema
+        source = read_delta_stream(spark, settings, BRONZE_TABLE, schema, checkpoint=checkpoint,
+                                   max_versions_per_trigger=cfg.max_versions_per_trigger)
+        if once:
+            from deltalake import DeltaTable
+
+            target = {"version": DeltaTable(bronze_path).version()}
+    deduped = (source.transform(silver_input(settings))
+               .withWatermark("kafka_timestamp", f"{int(cfg.dedup_window_s)} seconds")
+               .dropDuplicatesWithinWatermark(["dedup_key"]))
+    sink = SilverBatchWriter(settings, checkpoint)
+    query = (deduped.writeStream.queryName("silver")
+             .option("checkpointLocation", checkpoint)
+             .foreachBatch(sink)
+             .trigger(processingTime=f"{settings.streaming.trigger_seconds} seconds")
+             .start())
+    return RunningJob(query, target)
+
+
+def run_silver_job(settings: Settings, *, once: bool, console: Console | None = None) -> JobResult:
+    spark = build_spark(settings, app_name="lakehouse-silver")
+    recorder = ProgressRecorder(spark, settings)
+    spark.streams.addListener(recorder)
+    try:
+        job = start_silver(spark, settings, once=once)
+        batches, rows = await_query(job.query, console=console, until_offsets=job.until_offsets)
+        return JobResult("silver", batches, rows)
+    finally:
+        spark.stop()
+
+
+__all__ = ["run_silver_job", "silver_input", "start_silver"]

@@ -1,0 +1,150 @@
+"""Silver transforms after contract validation: clock sanity, filters, lateness, routing.
+
+All pure `DataFrame -> DataFrame` functions parametrised by closures. A record is rejected by
+the first check that fires; the order is the contract checks (validate.py), then
+`unnatural_timestamp`, then `filtered`, then (per micro-batch) `late`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+Transform = Callable[[DataFrame], DataFrame]
+
+# event type -> silver table; the five streams of the contract.
+SILVER_TABLES: dict[str, str] = {
+    "classroom.av": "silver.av_quality",
+    "classroom.signal": "silver.signal",
+    "classroom.whiteboard": "silver.whiteboard",
+    "classroom.enter": "silver.enter_flow",
+    "classroom.help": "silver.help_requests",
+}
+REJECTS_TABLE = "silver.rejects"
+
+
+def _reject_when(condition: Column, reason: str, rule: Column | str) -> Transform:
+    """Set reason/rule where `condition` holds on a not-yet-rejected row."""
+    rule_col = F.lit(rule) if isinstance(rule, str) else rule
+
+    def apply(df: DataFrame) -> DataFrame:
+        fire = F.col("reject_reason").isNull() & condition
+        return (df.withColumn("reject_rule", F.when(fire, rule_col).otherwise(F.col("reject_rule")))
+                  .withColumn("reject_reason",
+                              F.when(fire, F.lit(reason)).otherwise(F.col("reject_reason"))))
+
+    return apply
+
+
+def flag_unnatural_timestamps(max_ahead_s: float, max_behind_s: float) -> Transform:
+    """Client clocks far ahead of, or far behind, the broker's receive time are not believable."""
+    ahead = F.col("event_time") > F.col("kafka_timestamp") + F.expr(
+        f"make_dt_interval(0, 0, 0, {max_ahead_s})")
+    behind = F.col("event_time") < F.col("kafka_timestamp") - F.expr(
+        f"make_dt_interval(0, 0, 0, {max_behind_s})")
+
+    def apply(df: DataFrame) -> DataFrame:
+        return (df.transform(_reject_when(ahead, "unnatural_timestamp", "event_time:ahead_of_broker"))
+                  .transform(_reject_when(behind, "unnatural_timestamp",
+                                          "event_time:too_far_behind_broker")))
+
+    return apply
+
+
+def flag_filtered_users(test_accounts: Sequence[str]) -> Transform:
+    """Test accounts and internal users never reach silver; the ledger says why."""
+    accounts = list(test_accounts)
+
+    def apply(df: DataFrame) -> DataFrame:
+        if not accounts:
+            return df
+        return df.transform(_reject_when(F.col("user_id").isin(accounts), "filtered",
+                                         "user_id:test_account"))
+
+    return apply
+
+
+def with_dedup_key(df: DataFrame) -> DataFrame:
+    """Accepted rows dedupe by event_id; every rejected row keeps a key of its own."""
+    own = F.concat_ws(":", F.lit("reject"), F.col("topic"), F.col("partition").cast("string"),
+                      F.col("offset").cast("string"))
+    return df.withColumn("dedup_key",
+                         F.when(F.col("reject_reason").isNull(), F.col("event_id")).otherwise(own))
+
+
+def flag_late(watermark_ms: int | None) -> Transform:
+    """Rows whose event time is behind the batch's event-time watermark are `late`.
+
+    The watermark is stamped on every row so the ledger records what it was.
+    """
+
+    def apply(df: DataFrame) -> DataFrame:
+        if watermark_ms is None:
+            return df.withColumn("watermark", F.lit(None).cast("timestamp"))
+        stamped = df.withColumn("watermark", F.timestamp_millis(F.lit(watermark_ms)))
+        return stamped.transform(_reject_when(F.col("event_time") < F.col("watermark"), "late",
+                                              "event_time:behind_watermark"))
+
+    return apply
+
+
+ENVELOPE_COLUMNS = ("event_id", "event_type", "schema_version", "team", "classroom_id",
+                    "lesson_id", "user_id", "role", "platform", "app_version", "event_time")
+
+
+def accepted_for(topic: str, payload_fields: Sequence[str],
+                 extra_columns: Sequence[str] = ()) -> Transform:
+    """The accepted rows of one stream, payload flattened to typed columns."""
+
+    def apply(df: DataFrame) -> DataFrame:
+        payload = [F.col(f"payload.{name}").alias(name) for name in payload_fields]
+        return (df.where(F.col("reject_reason").isNull() & (F.col("topic") == topic))
+                  .select(*ENVELOPE_COLUMNS, *payload, *extra_columns, "topic", "partition",
+                          "offset", "kafka_timestamp",
+                          F.to_date("event_time").alias("event_date")))
+
+    return apply
+
+
+def rejects(batch_id: int) -> Transform:
+    """The reject-ledger rows: raw record, coordinates, reason, rule, watermark, batch."""
+
+    def apply(df: DataFrame) -> DataFrame:
+        return (df.where(F.col("reject_reason").isNotNull())
+                  .select("topic", "partition", "offset", "kafka_timestamp", "key", "value",
+                          "value_raw", "reject_reason", "reject_rule", "watermark",
+                          F.lit(batch_id).cast("long").alias("batch_id"), "team", "event_type",
+                          "event_id", "event_time",
+                          F.current_timestamp().alias("rejected_at"),
+                          F.to_date("kafka_timestamp").alias("reject_date")))
+
+    return apply
+
+
+def quality_counts(batch_id: int) -> Transform:
+    """Per team and outcome (accepted or a reject reason): rows in this micro-batch."""
+
+    def apply(df: DataFrame) -> DataFrame:
+        return (df.withColumn("outcome", F.coalesce(F.col("reject_reason"), F.lit("accepted")))
+                  .groupBy(F.coalesce(F.col("team"), F.lit("unknown")).alias("team"), "outcome")
+                  .agg(F.count("*").alias("rows"),
+                       F.max("event_time").alias("max_event_time"))
+                  .withColumn("batch_id", F.lit(batch_id).cast("long")))
+
+    return apply
+
+
+@dataclass(frozen=True)
+class EventTimeWatermark:
+    """Spark's rule: the newest accepted event time of *earlier* batches minus a delay.
+
+    Lagging one batch keeps a large (backfill) batch from judging its own rows late.
+    """
+
+    delay_ms: int
+
+    def for_batch(self, max_before_ms: int | None) -> int | None:
+        return None if max_before_ms is None else max_before_ms - self.delay_ms

@@ -423,7 +423,7 @@ class EmbeddedBroker:
     # ------------------------------------------------------------------ start helpers
     def _finish(self, state: dict[str, Any], pid: int, *, already_running: bool) -> BrokerStatus:
         try:
-            topics = ensure_topics(self.client_options(), self.settings.topics,
+            topics = ensure_topics(self.client_options(), self.settings.kafka_topic_configs(),
                                    timeout_s=self.config.start_timeout_seconds)
             extra = {name: n for name, n in describe_topics(self.client_options()).items()
                      if name not in topics}

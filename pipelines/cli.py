@@ -125,6 +125,18 @@ def run_silver(
     console.print(result)
 
 
+@run_app.command("gold")
+def run_gold(
+    once: Annotated[bool, typer.Option(
+        "--once", help="Process what silver holds now and stop.")] = False,
+) -> None:
+    """Per classroom, role and minute health into gold.classroom_health_1m."""
+    from pipelines.jobs.gold import run_gold_job
+
+    result = run_gold_job(settings(), once=once, console=console)
+    console.print(result)
+
+
 # ---------------------------------------------------------------------------- rejects
 @rejects_app.command("replay")
 def rejects_replay(

@@ -67,6 +67,9 @@ class KafkaConfig(_Model):
     max_records_per_trigger: int = Field(200_000, ge=1)
     starting_offsets: str = "earliest"
     read_timeout_seconds: float = Field(300, gt=0)
+    # Namespace for every topic this deployment uses (e.g. "staging." or a test's own tag):
+    # configured names stay the contract's, Kafka sees prefix + name.
+    topic_prefix: str = ""
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -214,6 +217,10 @@ class SilverConfig(_Model):
     max_versions_per_trigger: int = Field(10, ge=1)  # bronze commits per silver micro-batch
 
 
+class GoldConfig(_Model):
+    watermark_s: float = Field(120, ge=0)  # event-time delay before a minute is final
+
+
 class Settings(_Model):
     profile: Profile = Profile.LOCAL
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -228,6 +235,7 @@ class Settings(_Model):
     dimensions: DimensionsConfig = Field(default_factory=DimensionsConfig)
     postgres: PostgresConfig = Field(default_factory=PostgresConfig)
     silver: SilverConfig = Field(default_factory=SilverConfig)
+    gold: GoldConfig = Field(default_factory=GoldConfig)
 
     def table_path(self, table: str) -> str:
         """`bronze.events` -> <root>/bronze/events."""
@@ -238,6 +246,15 @@ class Settings(_Model):
 
     def checkpoint_path(self, job: str) -> str:
         return self.storage.path("_checkpoints", job)
+
+    def kafka_topic(self, name: str) -> str:
+        """The Kafka topic for a configured topic name (with `kafka.topic_prefix`)."""
+        return f"{self.kafka.topic_prefix}{name}"
+
+    def kafka_topic_configs(self) -> list[TopicConfig]:
+        """The configured topics as Kafka knows them (prefixed), for creating them."""
+        return [TopicConfig(name=self.kafka_topic(t.name), partitions=t.partitions)
+                for t in self.topics]
 
     def topic(self, name: str) -> TopicConfig:
         for topic in self.topics:

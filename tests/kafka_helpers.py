@@ -25,9 +25,14 @@ def unique_topics_env(partitions: Mapping[str, int]) -> dict[str, str]:
             "LAKEHOUSE__STREAMING__BRONZE_TOPICS": "[" + ", ".join(names) + "]"}
 
 
+def topic_prefix_env() -> dict[str, str]:
+    """Env giving a test its own namespace of the configured topics on the shared broker."""
+    return {"LAKEHOUSE__KAFKA__TOPIC_PREFIX": f"t{uuid.uuid4().hex[:8]}."}
+
+
 def produce(settings: Settings, records: list[tuple[str, bytes | None, bytes]]) -> None:
     """Produce (topic, key, value) records and fail unless every one was acknowledged."""
-    ensure_topics(settings.kafka.client_options(), settings.topics)
+    ensure_topics(settings.kafka.client_options(), settings.kafka_topic_configs())
     producer = Producer({**settings.kafka.client_options(), "linger.ms": 20,
                          "enable.idempotence": False, "acks": "all"})
     failures: list[str] = []

@@ -252,8 +252,7 @@ def test_publish_to_postgres_and_lookup_from_settings(
             r.lesson_id: r for r in rows.lessons}
 
 
-def test_password_only_from_the_environment(tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_password_only_from_the_environment(tmp_path: Path) -> None:
     cfg = load_settings("local", environ={}).postgres
     assert "password" not in conninfo_from_settings(cfg, environ={})
     conninfo = conninfo_from_settings(cfg, environ={PASSWORD_ENV: "s3cret"})
@@ -262,6 +261,5 @@ def test_password_only_from_the_environment(tmp_path: Path,
     shutil.copytree(conf_dir(), conf)
     with (conf / "local.yaml").open("a") as fh:
         fh.write("\npostgres:\n  password: s3cret\n")
-    monkeypatch.setenv("LAKEHOUSE_CONF_DIR", str(conf))
     with pytest.raises(ConfigError, match=r"postgres\.password is a secret"):
-        load_settings("local", environ={})
+        load_settings("local", environ={"LAKEHOUSE_CONF_DIR": str(conf)})

@@ -1,7 +1,9 @@
-"""Memory of the Spark side of a bench: the Python driver, its JVM, and the Python workers.
+"""Memory and CPU of the Spark side of a bench: the Python driver, its JVM, the Python workers.
 
 The driver's own high-water mark is `ru_maxrss`; the JVM's is `VmHWM` in /proc (the kernel's
 peak RSS of that process). Python workers come and go, so their peak is sampled while a query runs.
+CPU seconds of the whole process tree tell what a run cost even when other work on a shared
+machine stretched its wall time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,23 @@ def jvm_process() -> psutil.Process | None:
                 if child.name() == "java" or Path(child.exe()).name == "java":
                     return child
     return None
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds used so far by this process and all its descendants (JVM, Python workers).
+
+    A descendant's reaped children count through its `children_*` times; this process's own
+    reaped children (earlier bench stages) are left out.
+    """
+    me = psutil.Process()
+    times = me.cpu_times()
+    total = times.user + times.system
+    with contextlib.suppress(psutil.Error):
+        for child in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                t = child.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def vm_hwm_bytes(pid: int) -> int | None:

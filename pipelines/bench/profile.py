@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
 
+from pipelines.bench.memory import tree_cpu_seconds
 from pipelines.config import Settings
 from pipelines.io.kafka import kafka_end_offsets, read_kafka_stream
 from pipelines.jobs.runner import await_query
@@ -38,6 +39,9 @@ class BatchTiming:
     count_s: float
     to_arrow_s: float
     write_s: float
+    count_cpu_s: float = 0.0  # CPU seconds of the whole process tree (driver, JVM, workers)
+    to_arrow_cpu_s: float = 0.0
+    write_cpu_s: float = 0.0
 
 
 @dataclass
@@ -78,17 +82,18 @@ def profile_bronze_batches(spark: SparkSession, settings: Settings) -> ProfileRe
     result = ProfileResult(settings.kafka.max_records_per_trigger)
 
     def timed(batch: DataFrame, batch_id: int) -> None:
-        t0 = time.perf_counter()
+        c0, t0 = tree_cpu_seconds(), time.perf_counter()
         rows = batch.count()
-        t1 = time.perf_counter()
+        c1, t1 = tree_cpu_seconds(), time.perf_counter()
         table = batch.toArrow()
-        t2 = time.perf_counter()
+        c2, t2 = tree_cpu_seconds(), time.perf_counter()
         if table.num_rows:
             write_deltalake(path, table, mode="append",
                             partition_by=list(BRONZE_PARTITION_COLUMNS))
-        t3 = time.perf_counter()
+        c3, t3 = tree_cpu_seconds(), time.perf_counter()
         if rows:
-            result.batches.append(BatchTiming(batch_id, rows, t1 - t0, t2 - t1, t3 - t2))
+            result.batches.append(BatchTiming(batch_id, rows, t1 - t0, t2 - t1, t3 - t2,
+                                              c1 - c0, c2 - c1, c3 - c2))
 
     until = kafka_end_offsets(settings, topics)
     source = read_kafka_stream(spark, settings, topics, checkpoint=checkpoint)

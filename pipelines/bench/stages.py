@@ -43,13 +43,15 @@ class BenchError(RuntimeError):
 
 @dataclass
 class StageResult:
-    """What one stage did: records in how many seconds, and the peak RSS of its process."""
+    """What one stage did: records in how many seconds, the CPU seconds it burnt doing so (all
+    threads; steadier than wall time on a shared machine), and its process's peak RSS."""
 
     name: str
     records: int
     seconds: float
     peak_rss_bytes: int | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    cpu_seconds: float | None = None
 
     @property
     def rate(self) -> float:
@@ -60,6 +62,12 @@ def peak_rss_self() -> int:
     """This process's peak resident set size in bytes (ru_maxrss is KiB on Linux, B on macOS)."""
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(maxrss if sys.platform == "darwin" else maxrss * 1024)
+
+
+def cpu_self() -> float:
+    """CPU seconds (user + system, every thread) this process has used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_isolated(stage: str, timeout_s: float = 900, **kwargs: Any) -> StageResult:
@@ -104,7 +112,7 @@ def produce_av(client_options: dict[str, str], topic: str, n: int, *, seed: int 
         else:
             errors.append("")  # counted, not kept
 
-    started = time.perf_counter()
+    cpu0, started = cpu_self(), time.perf_counter()
     for key, value in av_events(n, seed=seed):
         while True:
             try:
@@ -121,7 +129,8 @@ def produce_av(client_options: dict[str, str], topic: str, n: int, *, seed: int 
         shown = "; ".join(e for e in errors if e)
         raise BenchError(f"produced {n} records but only {delivered} were delivered "
                          f"({len(errors)} delivery errors, {left} never reported): {shown}")
-    return StageResult("produce (confluent-kafka)", delivered, seconds, peak_rss_self())
+    return StageResult("produce (confluent-kafka)", delivered, seconds, peak_rss_self(),
+                       cpu_seconds=cpu_self() - cpu0)
 
 
 # ------------------------------------------------------------------------------ raw consumers
@@ -133,7 +142,7 @@ def consume_librdkafka(client_options: dict[str, str], starts: dict[str, dict[st
     consumer = Consumer({**client_options, **CONSUMER_OPTIONS,
                          "group.id": "lakehouse-bench-librdkafka"})
     seen = payload = 0
-    started = time.perf_counter()
+    cpu0, started = cpu_self(), time.perf_counter()
     consumer.assign([TopicPartition(t, int(p), o) for t, parts in starts.items()
                      for p, o in parts.items()])
     deadline = started + timeout_s
@@ -149,11 +158,11 @@ def consume_librdkafka(client_options: dict[str, str], starts: dict[str, dict[st
                     continue
                 seen += 1
                 payload += len(msg.value() or b"")
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, cpu_self() - cpu0
     finally:
         consumer.close()
     return StageResult("librdkafka (confluent-kafka)", seen, seconds, peak_rss_self(),
-                       {"payload_bytes": payload})
+                       {"payload_bytes": payload}, cpu)
 
 
 def kafka_python_crc32c_native() -> bool:
@@ -174,7 +183,7 @@ def consume_kafka_python(client_options: dict[str, str], starts: dict[str, dict[
         max_partition_fetch_bytes=52_428_800, fetch_max_wait_ms=50,
         receive_buffer_bytes=4 * 1024 * 1024)
     seen = payload = 0
-    started = time.perf_counter()
+    cpu0, started = cpu_self(), time.perf_counter()
     try:
         parts = [TopicPartition(t, int(p)) for t, ps in starts.items() for p in ps]
         consumer.assign(parts)
@@ -187,11 +196,12 @@ def consume_kafka_python(client_options: dict[str, str], starts: dict[str, dict[
             for records in consumer.poll(timeout_ms=100, max_records=10_000).values():
                 seen += len(records)
                 payload += sum(len(r.value or b"") for r in records)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, cpu_self() - cpu0
     finally:
         consumer.close()
     return StageResult("kafka-python", seen, seconds, peak_rss_self(),
-                       {"payload_bytes": payload, "crc32c_native": kafka_python_crc32c_native()})
+                       {"payload_bytes": payload, "crc32c_native": kafka_python_crc32c_native()},
+                       cpu)
 
 
 # ------------------------------------------------------------------------------ plain loop
@@ -277,7 +287,7 @@ def plain_ingest_loop(client_options: dict[str, str], starts: dict[str, dict[str
         for column in columns:
             column.clear()
 
-    started = time.perf_counter()
+    cpu0, started = cpu_self(), time.perf_counter()
     consumer.assign([TopicPartition(t, int(p), o) for t, parts in starts.items()
                      for p, o in parts.items()])
     deadline = started + timeout_s
@@ -304,12 +314,12 @@ def plain_ingest_loop(client_options: dict[str, str], starts: dict[str, dict[str
                 flush()
         if offsets:
             flush()
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, cpu_self() - cpu0
     finally:
         consumer.close()
     return StageResult("plain loop (confluent-kafka -> Arrow -> delta-rs)", seen, seconds,
                        peak_rss_self(), {"commits": commits, "write_seconds": write_s,
-                                         "flush_rows": flush_rows})
+                                         "flush_rows": flush_rows}, cpu)
 
 
 # ------------------------------------------------------------------------------ source reader
@@ -332,13 +342,15 @@ def source_read(client_options: dict[str, str], starts: dict[str, dict[str, int]
     groups = [tuple(ranges[i::tasks]) for i in range(tasks)]
     rows = 0
     per_task: list[float] = []
+    cpu0 = cpu_self()
     for group in groups:
         t0 = time.perf_counter()
         for batch in read_ranges(client_options, group, timeout_s=120):
             rows += batch.num_rows
         per_task.append(time.perf_counter() - t0)
     return StageResult("Kafka source read_ranges, no Spark", rows, sum(per_task),
-                       peak_rss_self(), {"per_task_seconds": per_task, "tasks": tasks})
+                       peak_rss_self(), {"per_task_seconds": per_task, "tasks": tasks},
+                       cpu_self() - cpu0)
 
 
 STAGES: dict[str, Callable[..., StageResult]] = {

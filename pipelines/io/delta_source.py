@@ -2,7 +2,7 @@
 
 Lets silver read bronze as a stream without the delta-spark jar, like
 `spark.readStream.format("delta")` does in the `cluster` profile. The offset is the last table
-version processed ({"version": v}); each micro-batch reads the rows appended by the versions
+version processed ({"table": path, "version": v}); each micro-batch reads the rows appended by the versions
 after it, one Spark partition per version: the executors read the Parquet files that version's
 `_delta_log` commit added. Append-only tables only (bronze is): a version that removes data is an
 error; compaction (`dataChange: false`) is skipped.
@@ -58,7 +58,7 @@ class DeltaStreamReader(DataSourceStreamReader):
         self._last_end: int | None = None
         checkpoint = opts.get("checkpointlocation")
         if checkpoint:
-            entry = last_logged_offset(checkpoint, lambda e: set(e) == {"version"})
+            entry = last_logged_offset(checkpoint, lambda e: e.get("table") == self.path)
             if entry is not None:
                 self._last_end = int(entry["version"])
 
@@ -71,13 +71,18 @@ class DeltaStreamReader(DataSourceStreamReader):
 
     def initialOffset(self) -> dict:  # noqa: N802 - Spark's API name
         self._last_end = -1
-        return {"version": -1}
+        return self.offset(-1)
+
+    def offset(self, version: int) -> dict:
+        """The offset JSON: the table names it, so a query reading several tables can tell
+        its sources' entries apart in the offset log."""
+        return {"table": self.path, "version": version}
 
     def latestOffset(self) -> dict:  # noqa: N802
         start = self._last_end if self._last_end is not None else -1
         end = min(self._table_version(), start + self.max_versions)
         self._last_end = max(end, start)
-        return {"version": self._last_end}
+        return self.offset(self._last_end)
 
     def partitions(self, start: dict, end: dict) -> list[TableVersion]:
         return [TableVersion(self.path, v)

@@ -37,7 +37,7 @@ class JobResult:
 def start_bronze(spark: SparkSession, settings: Settings, *, once: bool) -> RunningJob:
     """Start the bronze query on an existing session (used by the CLI, demo and tests)."""
     checkpoint = settings.checkpoint_path("bronze")
-    topics = settings.streaming.bronze_topics
+    topics = [settings.kafka_topic(t) for t in settings.streaming.bronze_topics]
     source = read_kafka_stream(spark, settings, topics, checkpoint=checkpoint)
     # The Python source has no admission control in Spark 4.1, so availableNow would read the
     # whole backlog in one batch; instead run capped batches until the start's end offsets.

@@ -11,15 +11,16 @@ from pipelines.io.kafka import caught_up
 
 
 def await_query(query: StreamingQuery, *, console: Console | None = None,
-                until_offsets: Mapping[str, object] | None = None,
+                until_offsets: Mapping[str, object] | list[Mapping[str, object]] | None = None,
                 poll_s: float = 1.0) -> tuple[int, int]:
     """Block until the query ends, or has consumed `until_offsets`, or Ctrl-C.
 
     `until_offsets` gives `--once` its meaning for a rate-limited source: process what was
     available at the start, in as many capped micro-batches as it takes, then stop between
-    batches. Prints one line per batch. Returns (micro-batches, input rows); a failed query
+    batches. Several targets (one per source of a union) must all be reached. Prints one line per batch. Returns (micro-batches, input rows); a failed query
     raises its exception.
     """
+    targets = [until_offsets] if isinstance(until_offsets, Mapping) else until_offsets
     seen_batch = -1
     batches = rows = 0
     try:
@@ -38,8 +39,9 @@ def await_query(query: StreamingQuery, *, console: Console | None = None,
                         rate = progress.get("processedRowsPerSecond") or 0
                         console.print(f"[dim]{query.name} batch {batch_id}: {n:,} rows, "
                                       f"{rate:,.0f} rows/s[/dim]")
-                if until_offsets is not None and progress["sources"] and caught_up(
-                        progress["sources"][0].get("endOffset"), until_offsets):
+                ends = [source.get("endOffset") for source in progress["sources"]]
+                if targets is not None and all(any(caught_up(end, target) for end in ends)
+                                               for target in targets):
                     query.stop()
                     break
     except KeyboardInterrupt:

@@ -125,7 +125,8 @@ class SilverBatchWriter:
         extra = [*LESSON_ATTRIBUTES, "lesson_known"]
         for topic, table in SILVER_TABLES.items():
             accepted = (rows.transform(enrich_with_lessons(lessons))
-                        .transform(accepted_for(topic, payload_fields(topic), extra)))
+                        .transform(accepted_for(self.settings.kafka_topic(topic),
+                                                payload_fields(topic), extra)))
             self._append(accepted, table_path(table), ["event_date"], batch_id)
         self._append(rows.transform(rejects(batch_id)), table_path(REJECTS_TABLE),
                      ["reject_date"], batch_id)
@@ -150,7 +151,7 @@ def start_silver(spark: SparkSession, settings: Settings, *, once: bool) -> Runn
     cfg = settings.silver
     target = None
     if cfg.source is SilverSource.KAFKA:
-        topics = list(SILVER_TABLES)
+        topics = [settings.kafka_topic(t) for t in SILVER_TABLES]
         source = read_kafka_stream(spark, settings, topics, checkpoint=checkpoint)
         source = source.transform(kafka_to_bronze)
         if once:
@@ -167,7 +168,7 @@ def start_silver(spark: SparkSession, settings: Settings, *, once: bool) -> Runn
         if once:
             from deltalake import DeltaTable
 
-            target = {"version": DeltaTable(bronze_path).version()}
+            target = {"table": bronze_path, "version": DeltaTable(bronze_path).version()}
     deduped = (source.transform(silver_input(settings))
                .withWatermark("kafka_timestamp", f"{int(cfg.dedup_window_s)} seconds")
                .dropDuplicatesWithinWatermark(["dedup_key"]))

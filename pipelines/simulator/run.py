@@ -121,13 +121,13 @@ def producer_config(settings: Settings) -> dict[str, object]:
     }
 
 
-def _check_topics(producer: Producer, timeout_s: float) -> None:
+def _check_topics(producer: Producer, timeout_s: float, topics: list[str]) -> None:
     try:
         metadata = producer.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise SimulationError(f"Kafka broker unreachable: {exc}; is it running "
                               "(`lakehouse broker start`)?") from exc
-    missing = sorted(set(TOPICS) - set(metadata.topics))
+    missing = sorted(set(topics) - set(metadata.topics))
     if missing:
         raise SimulationError(f"topics missing on the broker: {', '.join(missing)} "
                               "(`lakehouse broker start` creates them)")
@@ -153,7 +153,9 @@ def run_simulation(settings: Settings, *, classrooms: int, duration_s: float, se
             failures.append(err)
 
     producer = Producer({**producer_config(settings), "on_delivery": on_delivery})
-    _check_topics(producer, min(settings.kafka.read_timeout_seconds, 15))
+    kafka_topic = {topic: settings.kafka_topic(topic) for topic in TOPICS}
+    _check_topics(producer, min(settings.kafka.read_timeout_seconds, 15),
+                  list(kafka_topic.values()))
     publish_dimensions(settings, classrooms=classrooms, seed=seed, start_ms=start)
 
     truths: dict[str, HelpTruth] = {}
@@ -180,10 +182,10 @@ def run_simulation(settings: Settings, *, classrooms: int, duration_s: float, se
                         pace_next = sim_ms + PACE_STEP_MS
                         _pace(poll, t0, sim_ms / 1000 / rate_multiplier)
                     try:
-                        produce(topic, value, key)
+                        produce(kafka_topic[topic], value, key)
                     except BufferError:  # local queue full: let librdkafka drain, then retry
                         poll(0.05)
-                        produce(topic, value, key)
+                        produce(kafka_topic[topic], value, key)
                 per_topic.update(map(_topic, window))
                 kinds.update(map(_kind, window))
                 total += len(window)

@@ -1,0 +1,91 @@
+"""Smoke test of `lakehouse bench bronze`: every stage runs and counts right on a tiny input.
+
+Rates are only checked to be positive: timing thresholds would fail on a busy machine and say
+nothing about correctness. The bench starts (and stops) its own broker on a free port; the
+session's SparkSession is reused so the test pays no extra JVM start-up.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from pyspark.sql import SparkSession
+from rich.console import Console
+
+from pipelines.bench.bronze import run_bronze_bench
+from pipelines.bench.events import av_events
+from pipelines.bench.stages import BRONZE_ARROW_SCHEMA, bronze_batch
+from pipelines.config import load_settings
+
+
+def test_av_events_are_contract_shaped() -> None:
+    """Unique ids, ~400 bytes, the classroom as record key: what the bench claims to produce."""
+    import orjson
+
+    pairs = list(av_events(500))
+    events = [orjson.loads(value) for _, value in pairs]
+    assert len({e["event_id"] for e in events}) == 500
+    assert all(e["event_type"] == "av.quality" and e["schema_version"] == 1 for e in events)
+    assert all(key.decode() == e["classroom_id"] for (key, _), e in zip(pairs, events, strict=True))
+    assert {"direction", "media", "bitrate_kbps", "packet_loss_pct", "jitter_ms", "rtt_ms",
+            "freeze_count"} <= set(events[0]["payload"])
+    sizes = [len(value) for _, value in pairs]
+    assert 350 <= sum(sizes) / len(sizes) <= 500
+
+
+def test_plain_loop_batch_keeps_non_utf8_bytes() -> None:
+    """The plain loop's bronze columns follow the bronze contract for bad bytes, too."""
+    table = bronze_batch(["t", "t"], [0, 0], [0, 1], [1_767_225_600_000] * 2, [0, 0],
+                         [b"k", None], [b'{"a":1}', b"\xff\xfe"])
+    assert table.schema == BRONZE_ARROW_SCHEMA
+    assert table.column("value").to_pylist() == ['{"a":1}', None]
+    assert table.column("value_raw").to_pylist() == [None, b"\xff\xfe"]
+    assert table.column("key").to_pylist() == ["k", None]
+    assert str(table.column("ingest_date")[0]) == "2026-01-01"
+    assert table.column("kafka_timestamp").type == pa.timestamp("us", tz="UTC")
+
+
+@pytest.mark.e2e
+def test_bench_bronze_counts_every_record(spark: SparkSession, tmp_path: Path) -> None:
+    events = 3000
+    settings = load_settings("local", environ={**os.environ,
+                                               "LAKEHOUSE_ROOT": str(tmp_path / "root")})
+    output = tmp_path / "BENCHMARKS.md"
+    out = io.StringIO()
+    report = run_bronze_bench(settings, events=events, output=output,
+                              console=Console(file=out, width=160), spark=spark,
+                              trigger_caps=(1000,), repeat=1, profile=True)
+
+    for stage in (report.produce, report.librdkafka, report.kafka_python, report.plain):
+        assert stage.records == events, stage.name
+        assert stage.rate > 0 and stage.peak_rss_bytes, stage.name
+    assert report.librdkafka.notes["payload_bytes"] == report.kafka_python.notes["payload_bytes"]
+    assert isinstance(report.kafka_python.notes["crc32c_native"], bool)
+    assert report.plain.notes["commits"] >= 1
+
+    [bronze] = report.bronze
+    assert bronze.rows == bronze.table_rows == events
+    assert bronze.batches >= 3  # 3000 records at 1000 per trigger
+    assert bronze.rate > 0 and bronze.wall_rate > 0 and bronze.cpu_seconds > 0
+    assert report.memory.driver_python > 0
+
+    assert report.profile is not None and report.profile.rows == events
+    assert report.source_read is not None and report.source_read.records == events
+
+    text = output.read_text()
+    assert text.startswith("# Benchmarks")
+    assert f"`lakehouse bench bronze --events {events}`" in text
+    assert "bronze cap 1,000 / plain loop" in text
+    assert "bench bronze" in out.getvalue()
+
+    # The caller's session is left running; the bench's broker and work dir are gone.
+    assert spark.range(3).count() == 3
+    assert not Path(report.workdir).exists()
+    host, _, port = report.bootstrap.rpartition(":")
+    with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=1):
+        pass

@@ -17,6 +17,7 @@ from pipelines.config import Settings, load_settings
 from pipelines.dimensions.enrich import (
     LESSON_ATTRIBUTES,
     enrich_with_lessons,
+    lesson_enricher,
     lessons_frame,
     read_lesson_dim,
 )
@@ -182,9 +183,11 @@ def test_stream_static_join_sees_lessons_published_after_the_query_started(
 
     seen: list[Row] = []
 
+    enricher = lesson_enricher(settings)  # dimensions.source: delta
+
     def silver_batch(batch: DataFrame, _batch_id: int) -> None:
-        lessons = read_lesson_dim(batch.sparkSession, settings)  # fresh every micro-batch
-        seen.extend(enrich_with_lessons(lessons)(batch).collect())
+        enrich = enricher(batch.sparkSession)  # re-reads dim.lesson every micro-batch
+        seen.extend(enrich(batch).collect())
 
     late_id = late.lessons[0].lesson_id
     drop("b1", [early.lessons[0].lesson_id, late_id])

@@ -19,7 +19,7 @@ from psycopg import sql
 from pyspark.sql import SparkSession
 
 from pipelines.config import ConfigError, conf_dir, load_settings
-from pipelines.dimensions.enrich import enrich_via_lookup
+from pipelines.dimensions.enrich import enrich_via_lookup, lesson_enricher
 from pipelines.dimensions.lookup import LessonLookup
 from pipelines.dimensions.model import DimensionRows, dimension_rows
 from pipelines.dimensions.store import load_postgres_dimensions, publish_dimensions
@@ -237,7 +237,8 @@ def test_enrich_via_lookup_one_round_trip_per_micro_batch(
 
 
 def test_publish_to_postgres_and_lookup_from_settings(
-        pg_server: PgServer, pg_schema: str, tmp_path: Path) -> None:  # noqa: F811
+        spark: SparkSession, pg_server: PgServer, pg_schema: str,  # noqa: F811
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = {**os.environ, "LAKEHOUSE_ROOT": str(tmp_path), "LAKEHOUSE__DIMENSIONS__SOURCE":
            "postgres", **pg_server.env(pg_schema)}
     settings = load_settings("local", environ=env)
@@ -250,6 +251,13 @@ def test_publish_to_postgres_and_lookup_from_settings(
         assert lookup.ttl_s == settings.dimensions.ttl_s
         assert lookup.lookup(r.lesson_id for r in rows.lessons) == {
             r.lesson_id: r for r in rows.lessons}
+    # The configured enricher goes through PostgreSQL (silver calls it once per micro-batch).
+    if pg_server.password:  # the enricher takes the password from the process environment
+        monkeypatch.setenv(PASSWORD_ENV, pg_server.password)
+    enrich = lesson_enricher(settings)(spark)
+    events = spark.createDataFrame([(r.lesson_id,) for r in rows.lessons] + [("nope",)],
+                                   "lesson_id string")
+    assert sorted(r.lesson_known for r in enrich(events).collect()) == [False] + [True] * 4
 
 
 def test_password_only_from_the_environment(tmp_path: Path) -> None:

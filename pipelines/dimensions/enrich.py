@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.config import Settings
+from pipelines.config import DimensionSource, Settings
 from pipelines.dimensions.model import LESSON, LessonRow
 from pipelines.dimensions.store import dim_table
 from pipelines.io.delta import delta_writer
@@ -91,3 +91,17 @@ def enrich_via_lookup(lookup: LessonLookup) -> Transform:
         return _join_lessons(events, F.broadcast(lessons), dedupe=False)
 
     return enrich
+
+
+def lesson_enricher(settings: Settings) -> Callable[[SparkSession], Transform]:
+    """The configured source's enrichment: call the result once per micro-batch.
+
+    `dimensions.source: delta` re-reads `dim.lesson` on each call; `postgres` reuses one
+    `LessonLookup` (and so its cache and connection) across micro-batches.
+    """
+    if settings.dimensions.source is DimensionSource.POSTGRES:
+        from pipelines.dimensions.lookup import LessonLookup
+
+        by_lookup = enrich_via_lookup(LessonLookup.from_settings(settings))
+        return lambda _spark: by_lookup
+    return lambda spark: enrich_with_lessons(read_lesson_dim(spark, settings))

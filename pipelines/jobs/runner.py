@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from pyspark.sql.streaming import StreamingQuery
@@ -12,7 +13,7 @@ from pipelines.io.kafka import caught_up
 
 def await_query(query: StreamingQuery, *, console: Console | None = None,
                 until_offsets: Mapping[str, object] | list[Mapping[str, object]] | None = None,
-                poll_s: float = 1.0) -> tuple[int, int]:
+                poll_s: float = 1.0, settle_s: float = 15.0) -> tuple[int, int]:
     """Block until the query ends, or has consumed `until_offsets`, or Ctrl-C.
 
     `until_offsets` gives `--once` its meaning for a rate-limited source: process what was
@@ -23,6 +24,7 @@ def await_query(query: StreamingQuery, *, console: Console | None = None,
     targets = [until_offsets] if isinstance(until_offsets, Mapping) else until_offsets
     seen_batch = -1
     batches = rows = 0
+    caught_up_at: tuple[int, float] | None = None  # (batch id, when) once targets are reached
     try:
         while query.isActive:
             query.awaitTermination(poll_s)
@@ -40,10 +42,18 @@ def await_query(query: StreamingQuery, *, console: Console | None = None,
                         console.print(f"[dim]{query.name} batch {batch_id}: {n:,} rows, "
                                       f"{rate:,.0f} rows/s[/dim]")
                 ends = [source.get("endOffset") for source in progress["sources"]]
-                if targets is not None and all(any(caught_up(end, target) for end in ends)
-                                               for target in targets):
-                    query.stop()
-                    break
+                if caught_up_at is None and targets is not None and all(
+                        any(caught_up(end, target) for end in ends) for target in targets):
+                    caught_up_at = (batch_id, time.monotonic())
+                    stateless = not progress.get("stateOperators")
+                    if stateless:
+                        query.stop()
+                        break
+            if caught_up_at is not None and query.isActive and (
+                    seen_batch > caught_up_at[0] or time.monotonic() - caught_up_at[1] > settle_s):
+                # A stateful query emits what the last watermark finalised in the no-data
+                # batch that follows the last data batch: stop after it.
+                query.stop()
     except KeyboardInterrupt:
         query.stop()
     exc = query.exception()

@@ -23,6 +23,8 @@ re-derives the same rows and skips every table that already has them.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
 
 from pyspark.sql import DataFrame, SparkSession
@@ -128,6 +130,9 @@ class SilverBatchWriter:
                         .transform(accepted_for(self.settings.kafka_topic(topic),
                                                 payload_fields(topic), extra)))
             self._append(accepted, table_path(table), ["event_date"], batch_id)
+        if self.settings.faults.kill_after_delta_commit_batch == batch_id:
+            # Fault injection (tests): die between two of the batch's table commits.
+            os.kill(os.getpid(), signal.SIGKILL)
         self._append(rows.transform(rejects(batch_id)), table_path(REJECTS_TABLE),
                      ["reject_date"], batch_id)
         metrics = (rows.transform(quality_counts(batch_id))

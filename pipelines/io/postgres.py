@@ -40,6 +40,9 @@ def conninfo_from_settings(cfg: PostgresConfig, environ: Mapping[str, str] | Non
         "host": cfg.host, "port": cfg.port, "user": cfg.user, "dbname": cfg.database,
         "sslmode": cfg.sslmode, "connect_timeout": cfg.connect_timeout_s,
         "application_name": cfg.application_name,
+        # Notice a silently dead peer (no FIN/RST) within about a minute, not hours.
+        "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+        "keepalives_count": 3,
     }
     if env.get(PASSWORD_ENV):
         params["password"] = env[PASSWORD_ENV]

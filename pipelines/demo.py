@@ -1,4 +1,4 @@
-"""`lakehouse demo`: broker, a short simulation, bronze, and a summary of what landed."""
+"""`lakehouse demo`: broker, a simulation, bronze -> silver -> gold, and what each produced."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from pipelines.broker import EmbeddedBroker
 from pipelines.config import Settings
 from pipelines.io.delta import read_table
 from pipelines.jobs.bronze import BRONZE_TABLE, start_bronze
+from pipelines.jobs.gold import HEALTH_TABLE, start_gold
+from pipelines.jobs.progress import ProgressRecorder
 from pipelines.jobs.runner import await_query
+from pipelines.jobs.silver import silver_report, start_silver
 from pipelines.simulator.run import run_simulation
 from pipelines.spark import build_spark
 
@@ -79,7 +82,25 @@ def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: in
         verdict = "[green]every produced record landed once[/green]" if landed == summary.total \
             else f"[yellow]{landed:,} rows vs {summary.total:,} produced in this run[/yellow]"
         console.print(f"produced {summary.total:,}, bronze holds {landed:,}: {verdict}")
-        console.print("Bronze never parses or rejects; the silver job (next) applies the contract.")
+
+        console.rule("[bold]4. silver: contract, dedup, enrichment, reject ledger")
+        recorder = ProgressRecorder(spark, settings)
+        spark.streams.addListener(recorder)
+        job = start_silver(spark, settings, once=True)
+        await_query(job.query, console=console, until_offsets=job.until_offsets)
+        console.print(silver_report(spark, settings))
+
+        console.rule("[bold]5. gold: classroom health per minute")
+        job = start_gold(spark, settings, once=True, console=console)
+        await_query(job.query, console=console, until_offsets=job.until_offsets)
+        health = read_table(spark, settings, HEALTH_TABLE)
+        worst = health.orderBy("health_score").limit(5).collect()
+        console.print(f"gold.classroom_health_1m: {health.count():,} finished classroom-minutes; "
+                      "least healthy:")
+        for row in worst:
+            console.print(f"  {row.classroom_id} {row.role:<8} {row.minute:%H:%M} "
+                          f"score {row.health_score:5.1f}  p95 loss {row.p95_packet_loss_pct}  "
+                          f"disconnects {row.disconnects}  enter failures {row.enter_failures}")
     finally:
         if spark is not None:
             spark.stop()

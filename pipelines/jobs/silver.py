@@ -30,9 +30,10 @@ from collections.abc import Callable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from rich.console import Console
+from rich.table import Table
 
 from pipelines.config import Settings, SilverSource
-from pipelines.dimensions.enrich import LESSON_ATTRIBUTES, enrich_with_lessons, read_lesson_dim
+from pipelines.dimensions.enrich import LESSON_ATTRIBUTES, lesson_enricher
 from pipelines.io.delta import (
     delta_writer,
     read_delta_stream,
@@ -95,6 +96,7 @@ class SilverBatchWriter:
         self.watermark = EventTimeWatermark(int(settings.silver.lateness_s * 1000))
         self.app_id: str | None = None
         self.max_event_ms: dict[int, int] = {}  # batch id -> newest accepted event time
+        self.enrich = lesson_enricher(settings)  # Delta dims (re-read) or PostgreSQL lookup
 
     def _load_history(self, spark: SparkSession) -> None:
         """Newest accepted event time per earlier batch, from the metrics this query wrote."""
@@ -123,13 +125,16 @@ class SilverBatchWriter:
 
     def _write(self, spark: SparkSession, rows: DataFrame, batch_id: int) -> None:
         table_path = self.settings.table_path
-        lessons = read_lesson_dim(spark, self.settings)
         extra = [*LESSON_ATTRIBUTES, "lesson_known"]
-        for topic, table in SILVER_TABLES.items():
-            accepted = (rows.transform(enrich_with_lessons(lessons))
-                        .transform(accepted_for(self.settings.kafka_topic(topic),
-                                                payload_fields(topic), extra)))
-            self._append(accepted, table_path(table), ["event_date"], batch_id)
+        valid = rows.where(F.col("reject_reason").isNull())
+        enriched = valid.transform(self.enrich(spark)).persist()  # one lookup per batch
+        try:
+            for topic, table in SILVER_TABLES.items():
+                accepted = enriched.transform(accepted_for(self.settings.kafka_topic(topic),
+                                                           payload_fields(topic), extra))
+                self._append(accepted, table_path(table), ["event_date"], batch_id)
+        finally:
+            enriched.unpersist()
         if self.settings.faults.kill_after_delta_commit_batch == batch_id:
             # Fault injection (tests): die between two of the batch's table commits.
             os.kill(os.getpid(), signal.SIGKILL)
@@ -184,6 +189,26 @@ def start_silver(spark: SparkSession, settings: Settings, *, once: bool) -> Runn
              .trigger(processingTime=f"{settings.streaming.trigger_seconds} seconds")
              .start())
     return RunningJob(query, target)
+
+
+def silver_report(spark: SparkSession, settings: Settings) -> Table:
+    """Accepted rows per silver table and rejects per reason, for people."""
+    writer = delta_writer(settings)
+    table = Table(title="silver")
+    table.add_column("table / reason")
+    table.add_column("rows", justify="right")
+    for name in [*SILVER_TABLES.values(), REJECTS_TABLE]:
+        path = settings.table_path(name)
+        rows = writer.read(spark, path) if writer.exists(path) else None
+        table.add_row(name, f"{rows.count():,}" if rows is not None else "-")
+        if name == REJECTS_TABLE and rows is not None:
+            for r in rows.groupBy("reject_reason").count().orderBy("reject_reason").collect():
+                table.add_row(f"  {r.reject_reason}", f"{r['count']:,}")
+    progress_path = settings.table_path("ops.stream_progress")
+    if writer.exists(progress_path):
+        dups = writer.read(spark, progress_path).agg(F.sum("dropped_duplicates")).first()[0]
+        table.add_row("duplicates dropped (event_id)", f"{dups or 0:,}")
+    return table
 
 
 def run_silver_job(settings: Settings, *, once: bool, console: Console | None = None) -> JobResult:

@@ -269,9 +269,11 @@ class EmbeddedBroker:
 
     def _alive(self, pid: int, markers: tuple[str, ...]) -> bool:
         child = self._children.get(pid)
-        if child is not None and child.poll() is not None:
-            return False  # our own child exited; Popen keeps its exit code
-        return process_alive(pid, *markers, reap=child is None)
+        if child is not None:
+            # Our own child: Popen knows. (Its /proc cmdline may still be Python's until the
+            # exec completes, so the marker check would misjudge a busy machine.)
+            return child.poll() is None
+        return process_alive(pid, *markers, reap=True)
 
     @staticmethod
     def _tansu_markers(state: Mapping[str, Any]) -> tuple[str, ...]:

@@ -221,6 +221,57 @@ class GoldConfig(_Model):
     watermark_s: float = Field(120, ge=0)  # event-time delay before a minute is final
 
 
+HELP_TAGS = ("TEACHER_NOT_ENTERED", "STUDENT_NOT_ENTERED", "TEACHER_NETWORK", "STUDENT_NETWORK",
+             "TEACHER_MIC_MUTED", "STUDENT_MIC_MUTED", "WHITEBOARD_LOAD_FAIL", "VIDEO_FREEZE")
+NO_ISSUE_TAG = "NO_ISSUE_DETECTED"
+
+
+class HelpEngine(StrEnum):
+    STATE = "state"  # per-classroom buffer (transformWithStateInPandas), event-time timers
+    JOIN = "join"  # stream-stream left outer join + streaming aggregation (for comparison)
+
+
+class HelpRulesConfig(_Model):
+    """Tagging thresholds (DESIGN.md "Help tagging"); a sample counts once per event_id."""
+
+    packet_loss_pct: float = Field(10, ge=0)  # an AV sample this lossy is a bad-network sample
+    rtt_ms: int = Field(800, ge=0)  # ... and so is one this slow
+    network_min_samples: int = Field(3, ge=1)  # that role's bad samples for <ROLE>_NETWORK
+    network_disconnects: int = Field(1, ge=0)  # or this many signal.disconnect (0: ignore)
+    mic_muted_min_samples: int = Field(1, ge=1)  # that role's audio-up samples with mic_muted
+    freeze_min_count: int = Field(1, ge=1)  # a video-down sample with freeze_count >= this ...
+    freeze_min_samples: int = Field(2, ge=1)  # ... in this many samples: VIDEO_FREEZE
+    wb_load_fail_min_events: int = Field(1, ge=1)
+    enter_fail_min_events: int = Field(1, ge=1)  # and no enter_success of that role
+
+
+class HelpConfig(_Model):
+    """The Help fast path: evidence window, watermark, trigger, rules and tag priority."""
+
+    engine: HelpEngine = HelpEngine.STATE
+    window_before_s: float = Field(60, ge=0)  # evidence this long before the request ...
+    window_after_s: float = Field(5, ge=0)  # ... to this long after it (event time)
+    watermark_delay_s: float = Field(2, ge=0)  # broker-time watermark delay
+    trigger_seconds: float = Field(0.5, ge=0)
+    tick_topic: str = "classroom.help.ticks"  # wall-clock ticks: the watermark moves when idle
+    tick_interval_s: float = Field(0.5, gt=0)
+    tags_topic: str = "classroom.help.tags"
+    evidence_slack_s: float = Field(10, ge=0)  # evidence kept this long beyond the window
+    max_records_per_trigger: int | None = Field(None, ge=1)  # default: kafka's cap
+    rules: HelpRulesConfig = Field(default_factory=HelpRulesConfig)
+    priority: list[str] = Field(default_factory=lambda: list(HELP_TAGS))
+
+    @field_validator("priority")
+    @classmethod
+    def _known_tags(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(HELP_TAGS))
+        if unknown or len(set(value)) != len(value):
+            raise ValueError(f"must list each of {list(HELP_TAGS)} at most once; "
+                             f"unknown: {unknown}")
+        missing = [tag for tag in HELP_TAGS if tag not in value]
+        return [*value, *missing]  # unlisted tags rank last, in their default order
+
+
 class Settings(_Model):
     profile: Profile = Profile.LOCAL
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -235,6 +286,7 @@ class Settings(_Model):
     dimensions: DimensionsConfig = Field(default_factory=DimensionsConfig)
     postgres: PostgresConfig = Field(default_factory=PostgresConfig)
     silver: SilverConfig = Field(default_factory=SilverConfig)
+    help: HelpConfig = Field(default_factory=HelpConfig)
     gold: GoldConfig = Field(default_factory=GoldConfig)
 
     def table_path(self, table: str) -> str:

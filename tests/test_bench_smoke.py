@@ -71,10 +71,12 @@ def test_bench_bronze_counts_every_record(spark: SparkSession, tmp_path: Path) -
     [bronze] = report.bronze
     assert bronze.rows == bronze.table_rows == events
     assert bronze.batches >= 3  # 3000 records at 1000 per trigger
-    assert bronze.rate > 0 and bronze.wall_rate > 0 and bronze.cpu_seconds > 0
+    assert bronze.rate > 0 and bronze.wall_rate > 0
+    assert bronze.cpu["jvm"] > 0 and bronze.cpu["python workers"] > 0
     assert report.memory.driver_python > 0
 
     assert report.profile is not None and report.profile.rows == events
+    assert all(piece.seconds > 0 for piece in report.profile.pieces.values())
     assert report.source_read is not None and report.source_read.records == events
 
     text = output.read_text()

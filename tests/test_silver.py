@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from pipelines.simulator.generator import generate_events
 from pipelines.simulator.run import run_simulation
 from pipelines.transforms.silver import REJECTS_TABLE, SILVER_TABLES
 
-CLASSROOMS, DURATION_S, SEED, START_MS = 24, 90, 21, 1_795_000_000_000
+CLASSROOMS, DURATION_S, SEED = 24, 90, 21
+START_MS = int(time.time() * 1000) - 120_000  # recent: older client clocks are `unnatural`
 KIND_TO_REASON = {
     "malformed_json": {"malformed_json"},
     "missing_field": {"missing_field"},
@@ -57,8 +59,6 @@ def table_rows(settings, table: str, columns: list[str] | None = None) -> list[d
 
 def wait_for_progress_rows(settings, timeout_s: float = 30) -> None:  # noqa: ANN001
     """The progress listener writes asynchronously: wait until every batch has its row."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         batches = {m["batch_id"] for m in table_rows(settings, METRICS_TABLE, ["batch_id"])}

@@ -36,8 +36,16 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.bench.events import AV_TOPIC
-from pipelines.bench.memory import SparkMemory, WorkerSampler, spark_memory, tree_cpu_seconds
-from pipelines.bench.profile import ProfileResult, profile_bronze_batches, sum_phases
+from pipelines.bench.memory import (
+    CPU_KINDS,
+    SparkMemory,
+    WorkerSampler,
+    cpu_by_process,
+    cpu_delta,
+    spark_cpu,
+    spark_memory,
+)
+from pipelines.bench.profile import PIECES, ProfileResult, profile_bronze_batches, sum_phases
 from pipelines.bench.stages import BenchError, StageResult, run_isolated
 from pipelines.config import DeltaEngine, KafkaSourceKind, Settings, load_settings
 
@@ -73,15 +81,19 @@ those records:
   bronze run over the same topic) before the clock starts. *sustained* = sum of numInputRows /
   sum of `durationMs.triggerExecution` over the micro-batches with data; *wall* = N / (end of the
   last such batch - start of the first). Afterwards the bronze table must hold exactly N rows.
-- **profile** (the first cap): the same source and transform with a foreachBatch timing
-  `count()` (the Python source's read on the executors + Arrow into the JVM), `toArrow()` (read
-  again + transform + collect to the driver) and `write_deltalake`; and `read_ranges` (the
-  source's executor code) run without Spark.
+- **profile** (the first cap): the same source and transform with a foreachBatch that runs, one
+  after another, a `noop`-sink write (the Python source's read on the executors + Arrow into the
+  JVM + transform), `toArrow()` (the same + rows back to Arrow + collect to the Python driver, as
+  the delta-rs writer does) and `write_deltalake`; `toArrow - noop` is the collect. For
+  reference, `read_ranges` (the source's executor code) also runs without Spark.
 
 Each timed stage runs `repeat` times (default 2) and the best run is reported: on a shared
 machine it is the one least disturbed. *CPU s* is the CPU time the stage used (all threads; for
 bronze the driver, the JVM and the Python workers together), which other load barely changes;
-*events/CPU-s* is the efficiency that sets the rate on a machine with no spare cores. Each
+*events/CPU-s* is the efficiency that sets the rate on a machine with no spare cores. CPU is
+also split by process: the Python driver, the JVM, the Python workers running tasks, other
+Python processes (Spark's data source planners and the streaming source runner) and the broker.
+Each
 non-Spark stage runs in a fresh process, so its peak RSS is its own. Spark memory: the Python
 driver's `ru_maxrss`, the JVM's `VmHWM` (/proc), and the sampled peak of all Python workers.
 Every stage stops with an error when it sees fewer records than were produced. The load average
@@ -100,7 +112,12 @@ class BronzeRun:
     wall_seconds: float  # first data batch start -> last data batch end
     phases_ms: dict[str, int]
     table_rows: int
-    cpu_seconds: float  # driver + JVM + Python workers, query start to stop
+    cpu: dict[str, float]  # CPU seconds by process kind, query start to stop
+
+    @property
+    def cpu_seconds(self) -> float:
+        """The Spark side's CPU seconds (driver, JVM, Python workers), broker excluded."""
+        return spark_cpu(self.cpu)
 
     @property
     def rate(self) -> float:
@@ -221,22 +238,23 @@ def _check_table(path: str, expected: int, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------ bronze runs
-def run_bronze_once(spark: SparkSession, settings: Settings, expected: int,
-                    console: Console | None = None) -> BronzeRun:
+def run_bronze_once(spark: SparkSession, settings: Settings, expected: int, *,
+                    console: Console | None = None, broker_pid: int | None = None
+                    ) -> BronzeRun:
     """Bronze `--once` over the backlog; its rates from the query progress; rows verified."""
     from deltalake import DeltaTable
 
     from pipelines.jobs.bronze import BRONZE_TABLE, start_bronze
     from pipelines.jobs.runner import await_query
 
-    cpu0 = tree_cpu_seconds()
+    cpu0 = cpu_by_process(broker_pid)
     job = start_bronze(spark, settings, once=True)
     try:
         await_query(job.query, console=console, until_offsets=job.until_offsets, poll_s=0.2)
     finally:
         if job.query.isActive:
             job.query.stop()
-    cpu = tree_cpu_seconds() - cpu0
+    cpu = cpu_delta(cpu0, cpu_by_process(broker_pid))
     progress = [p for p in job.query.recentProgress if int(p["numInputRows"]) > 0]
     rows = sum(int(p["numInputRows"]) for p in progress)
     batch_ms = sum(int(p["durationMs"]["triggerExecution"]) for p in progress)
@@ -314,12 +332,13 @@ def run_bronze_bench(settings: Settings, *, events: int = 300_000, output: Path 
     try:
         console.print(f"[bold]bench bronze[/bold]: {events:,} events, broker "
                       f"{broker_settings.kafka.bootstrap_servers}, work dir {workdir}")
-        broker.start()
+        broker_pid = broker.start().pid
         options = broker_settings.kafka.client_options()
-        starts = _offsets(broker_settings, AV_TOPIC)
+        topic = broker_settings.kafka_topic(AV_TOPIC)  # with kafka.topic_prefix, as bronze reads
+        starts = _offsets(broker_settings, topic)
 
-        produce = run_isolated("produce_av", client_options=options, topic=AV_TOPIC, n=events)
-        ends = _offsets(broker_settings, AV_TOPIC)
+        produce = run_isolated("produce_av", client_options=options, topic=topic, n=events)
+        ends = _offsets(broker_settings, topic)
         if _count(starts, ends) != events:
             raise BenchError(f"{events} records delivered but the broker's offsets span "
                              f"{_count(starts, ends)}")
@@ -363,7 +382,7 @@ def run_bronze_bench(settings: Settings, *, events: int = 300_000, output: Path 
                          f"{warm_cap:,}, {warm_s:.1f}s) before the measured runs, so Python "
                          "worker start-up and first-query costs are left out.")
             for cfg in bronze_settings:  # caps interleaved, so load changes hit them alike
-                run = run_bronze_once(spark, cfg, events)
+                run = run_bronze_once(spark, cfg, events, broker_pid=broker_pid)
                 console.print(f"bronze cap {run.max_records_per_trigger:,}: {run.batches} "
                               f"batches, {run.rate:,.0f}/s sustained, "
                               f"{run.wall_rate:,.0f}/s wall")
@@ -383,7 +402,7 @@ def run_bronze_bench(settings: Settings, *, events: int = 300_000, output: Path 
             cfg = _bench_settings(profile_name, workdir / "profile", port,
                                   LAKEHOUSE__KAFKA__MAX_RECORDS_PER_TRIGGER=str(caps[0]))
             console.print(f"profiling micro-batches (cap {caps[0]:,})")
-            profiled = profile_bronze_batches(spark, cfg)
+            profiled = profile_bronze_batches(spark, cfg, broker_pid=broker_pid)
             if profiled.rows != events:
                 raise BenchError(f"the profiled run read {profiled.rows} rows, not {events}")
             source_read, _ = _best(repeat, lambda: run_isolated(
@@ -480,32 +499,59 @@ def memory_rows(report: BronzeBenchReport) -> list[tuple[str, str]]:
     ]
 
 
-def profile_rows(report: BronzeBenchReport) -> list[tuple[str, ...]]:
-    """(piece, seconds, CPU s, share of the profiled time)."""
+def _cpu_cells(cpu: dict[str, float]) -> tuple[str, ...]:
+    return (*(f"{cpu[k]:.2f}" for k in CPU_KINDS if k != "broker"), f"{spark_cpu(cpu):.2f}",
+            f"{cpu['broker']:.2f}")
+
+
+def cpu_rows(report: BronzeBenchReport) -> list[tuple[str, ...]]:
+    """(what, wall s, CPU s per process kind..., Spark side total, broker): where work goes."""
+    rows = []
+    blank = dict.fromkeys(CPU_KINDS, 0.0)
+    for name, stage in (("plain loop (one process)", report.plain),
+                        ("read_ranges without Spark (one process)", report.source_read)):
+        if stage is not None and stage.cpu_seconds is not None:
+            rows.append((name, f"{stage.seconds:.2f}",
+                         *_cpu_cells({**blank, "driver": stage.cpu_seconds})[:-1], ""))
+    for run in report.bronze:
+        rows.append((f"bronze cap {run.max_records_per_trigger:,}, whole run",
+                     f"{run.wall_seconds:.2f}", *_cpu_cells(run.cpu)))
+    prof = report.profile
+    if prof is not None:
+        noop, arrow, write = (prof.pieces[p] for p in PIECES)
+        collect = {k: max(arrow.cpu[k] - noop.cpu[k], 0.0) for k in CPU_KINDS}
+        cap = f"{prof.max_records_per_trigger:,}"
+        rows += [
+            (f"profile cap {cap}: read + transform into the JVM (noop sink)",
+             f"{noop.seconds:.2f}", *_cpu_cells(noop.cpu)),
+            (f"profile cap {cap}: collect to the driver (toArrow - noop)",
+             f"{max(arrow.seconds - noop.seconds, 0):.2f}", *_cpu_cells(collect)),
+            (f"profile cap {cap}: write_deltalake on the driver",
+             f"{write.seconds:.2f}", *_cpu_cells(write.cpu)),
+        ]
+    return rows
+
+
+def breakdown_rows(report: BronzeBenchReport) -> list[tuple[str, ...]]:
+    """(piece, wall s, share, Spark CPU s, share) of what the job does per batch: toArrow+write."""
     prof = report.profile
     if prof is None:
         return []
-    count, arrow, write = prof.total("count_s"), prof.total("to_arrow_s"), prof.total("write_s")
-    total = (count + arrow + write) or 1.0
-    rows = [
-        (f"count(): Python source read on 2 executors + Arrow into the JVM ({prof.rows:,} rows, "
-         f"{len(prof.batches)} batches)", f"{count:.2f}", f"{prof.total('count_cpu_s'):.2f}",
-         f"{count / total:.0%}"),
-        ("toArrow(): the same read + bronze transform + collect to the driver", f"{arrow:.2f}",
-         f"{prof.total('to_arrow_cpu_s'):.2f}", f"{arrow / total:.0%}"),
-        ("  toArrow() - count(): transform + collect", f"{max(arrow - count, 0):.2f}",
-         f"{max(prof.total('to_arrow_cpu_s') - prof.total('count_cpu_s'), 0):.2f}", ""),
-        ("write_deltalake on the driver (Parquet + commit)", f"{write:.2f}",
-         f"{prof.total('write_cpu_s'):.2f}", f"{write / total:.0%}"),
+    noop, arrow, write = (prof.pieces[p] for p in PIECES)
+    wall = (arrow.seconds + write.seconds) or 1.0
+    cpu = (arrow.spark_cpu + write.spark_cpu) or 1.0
+    collect_s = max(arrow.seconds - noop.seconds, 0.0)
+    collect_cpu = max(arrow.spark_cpu - noop.spark_cpu, 0.0)
+    return [
+        ("Python source read on the executors + Arrow into the JVM + transform",
+         f"{noop.seconds:.2f}", f"{noop.seconds / wall:.0%}", f"{noop.spark_cpu:.2f}",
+         f"{noop.spark_cpu / cpu:.0%}"),
+        ("rows back to Arrow + collect to the Python driver (toArrow)",
+         f"{collect_s:.2f}", f"{collect_s / wall:.0%}", f"{collect_cpu:.2f}",
+         f"{collect_cpu / cpu:.0%}"),
+        ("delta-rs write_deltalake on the driver", f"{write.seconds:.2f}",
+         f"{write.seconds / wall:.0%}", f"{write.spark_cpu:.2f}", f"{write.spark_cpu / cpu:.0%}"),
     ]
-    if report.source_read is not None:
-        sr = report.source_read
-        per_task = " + ".join(f"{s:.2f}" for s in sr.notes.get("per_task_seconds", []))
-        cpu = f"{sr.cpu_seconds:.2f}" if sr.cpu_seconds is not None else "n/a"
-        rows.append((f"for reference: read_ranges without Spark, its {sr.notes.get('tasks')} "
-                     f"tasks one after another ({per_task} s; {sr.rate:,.0f} events/s)",
-                     f"{sr.seconds:.2f}", cpu, ""))
-    return rows
 
 
 def phase_rows(report: BronzeBenchReport) -> list[tuple[str, str]]:
@@ -518,6 +564,11 @@ def phase_rows(report: BronzeBenchReport) -> list[tuple[str, str]]:
     if report.profile is not None:
         rows.append(("profiled run", fmt(report.profile.phases_ms)))
     return rows
+
+
+BREAKDOWN_COLUMNS = ("piece", "wall s", "share", "Spark CPU s", "share")
+CPU_COLUMNS = ("what", "wall s", "driver", "JVM", "Python workers", "other Python",
+               "Spark total", "broker")
 
 
 def _table(title: str, columns: Sequence[str], rows: list[tuple[str, ...]]) -> Table:
@@ -539,8 +590,11 @@ def render_tables(report: BronzeBenchReport) -> list[Table]:
         _table("peak memory", ("process", "peak RSS"), memory_rows(report)),
     ]
     if report.profile is not None:
-        tables.append(_table("where a bronze micro-batch spends its time (profiled run)",
-                             ("piece", "seconds", "CPU s", "share"), profile_rows(report)))
+        tables.append(_table(
+            f"where a bronze micro-batch spends its time (profiled run, "
+            f"{report.profile.rows:,} rows in {report.profile.batches} batches)",
+            BREAKDOWN_COLUMNS, breakdown_rows(report)))
+    tables.append(_table("CPU seconds by process", CPU_COLUMNS, cpu_rows(report)))
     tables.append(_table("query progress phases, summed (s)", ("run", "phases"),
                          phase_rows(report)))
     return tables
@@ -578,9 +632,13 @@ def to_markdown(report: BronzeBenchReport) -> str:
         *_md_table(("process", "peak RSS"), memory_rows(report)),
     ]
     if report.profile is not None:
-        lines += [f"Micro-batch breakdown (profiled run, cap "
-                  f"{report.profile.max_records_per_trigger:,}; the read runs twice there):", "",
-                  *_md_table(("piece", "seconds", "CPU s", "share"), profile_rows(report))]
+        prof = report.profile
+        lines += [f"Where a bronze micro-batch spends its time (profiled run, cap "
+                  f"{prof.max_records_per_trigger:,}: {prof.rows:,} rows in {prof.batches} "
+                  "batches; shares of toArrow + write, which is what the job does):", "",
+                  *_md_table(BREAKDOWN_COLUMNS, breakdown_rows(report))]
+    lines += ["CPU seconds by process (Spark total = driver + JVM + Python workers + other "
+              "Python; the broker apart):", "", *_md_table(CPU_COLUMNS, cpu_rows(report))]
     lines += ["Query progress phases, summed over the batches with data (seconds):", "",
               *_md_table(("run", "phases"), phase_rows(report))]
     lines += [f"- {note}" for note in report.notes]

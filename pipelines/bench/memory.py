@@ -28,21 +28,57 @@ def jvm_process() -> psutil.Process | None:
     return None
 
 
-def tree_cpu_seconds() -> float:
-    """CPU seconds used so far by this process and all its descendants (JVM, Python workers).
+CPU_KINDS = ("driver", "jvm", "python workers", "other python", "broker")
 
-    A descendant's reaped children count through its `children_*` times; this process's own
-    reaped children (earlier bench stages) are left out.
+
+def _kind(proc: psutil.Process, broker_pid: int | None) -> str | None:
+    """Which part of the Spark side a descendant is (None: not ours to count)."""
+    if proc.pid == broker_pid:
+        return "broker"
+    if proc.name() == "java":
+        return "jvm"
+    cmdline = " ".join(proc.cmdline())
+    if "python" not in proc.name() and "python" not in cmdline:
+        return None  # e.g. the spark-submit shell wrapper
+    # `pyspark.daemon pyspark.worker` runs tasks (the source's read on the executors); other
+    # Python processes plan: the streaming source runner, plan/create/lookup data source.
+    return "python workers" if "pyspark.worker" in cmdline.split() else "other python"
+
+
+def cpu_by_process(broker_pid: int | None = None) -> dict[str, float]:
+    """CPU seconds used so far by this process and its descendants, by kind (CPU_KINDS).
+
+    A descendant's reaped children count through its `children_*` times (the worker daemon
+    reaps its workers); this process's own reaped children (earlier bench stages) do not.
     """
+    out = dict.fromkeys(CPU_KINDS, 0.0)
     me = psutil.Process()
     times = me.cpu_times()
-    total = times.user + times.system
+    out["driver"] = times.user + times.system
     with contextlib.suppress(psutil.Error):
         for child in me.children(recursive=True):
             with contextlib.suppress(psutil.Error):
+                kind = _kind(child, broker_pid)
+                if kind is None:
+                    continue
                 t = child.cpu_times()
-                total += t.user + t.system + t.children_user + t.children_system
-    return total
+                out[kind] += t.user + t.system
+                if kind != "jvm":  # the JVM reaps nothing we count elsewhere
+                    out[kind] += t.children_user + t.children_system
+    if broker_pid is not None and out["broker"] == 0.0:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(broker_pid).cpu_times()
+            out["broker"] = t.user + t.system
+    return out
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: max(after.get(k, 0.0) - before.get(k, 0.0), 0.0) for k in CPU_KINDS}
+
+
+def spark_cpu(delta: dict[str, float]) -> float:
+    """The Spark side's CPU seconds in a delta: everything but the broker."""
+    return sum(v for k, v in delta.items() if k != "broker")
 
 
 def vm_hwm_bytes(pid: int) -> int | None:
@@ -68,7 +104,7 @@ class SparkMemory:
 class WorkerSampler:
     """Samples the summed RSS of the JVM's Python workers in a thread (`with` block)."""
 
-    def __init__(self, interval_s: float = 0.1) -> None:
+    def __init__(self, interval_s: float = 0.25) -> None:
         self.interval_s = interval_s
         self.peak: int | None = None
         self._stop = threading.Event()

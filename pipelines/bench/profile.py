@@ -1,16 +1,18 @@
-"""Where a bronze micro-batch spends its time: read, transfer to the driver, Delta write.
+"""Where a bronze micro-batch spends its time: read, collect to the driver, Delta write.
 
 The bronze job's `addBatch` is one opaque number. This runs the same source and transform with a
-foreachBatch that times the pieces separately:
+foreachBatch that times the pieces one after another, each as its own Spark action:
 
-- `count`: `batch.count()`, i.e. the Python source's `read()` on the executors (librdkafka ->
-  Arrow) and the Arrow batches' trip from the Python workers into the JVM;
-- `to_arrow`: `batch.toArrow()`, the same read again plus the bronze transform and the collect of
-  the result as Arrow to the Python driver; `to_arrow - count` is roughly transform + collect;
-- `write`: delta-rs `write_deltalake` of that table (Parquet encoding + commit).
+- `noop`: the batch written to Spark's `noop` sink: the Python source's `read()` on the executors
+  (librdkafka -> Arrow), the Arrow batches' trip into the JVM and the bronze transform; nothing
+  leaves the JVM;
+- `toArrow`: the same again plus converting the rows back to Arrow and collecting them in the
+  Python driver, as `DeltaRsWriter.append` does; `toArrow - noop` is the collect;
+- `write`: delta-rs `write_deltalake` of that table on the driver (Parquet + commit).
 
-The read happens twice, so the profiled run is slower than the bronze job; compare the pieces,
-not its total.
+Each piece records wall seconds and CPU seconds by process (driver, JVM, Python workers, other
+Python, broker); CPU is what to compare on a busy machine. The read runs twice, so the profiled
+run is slower than the bronze job: compare its pieces, not its total.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
 
-from pipelines.bench.memory import tree_cpu_seconds
+from pipelines.bench.memory import CPU_KINDS, cpu_by_process, cpu_delta
 from pipelines.config import Settings
 from pipelines.io.kafka import kafka_end_offsets, read_kafka_stream
 from pipelines.jobs.runner import await_query
@@ -28,36 +30,35 @@ from pipelines.transforms.bronze import BRONZE_PARTITION_COLUMNS, kafka_to_bronz
 
 PROGRESS_PHASES = ("latestOffset", "getBatch", "queryPlanning", "addBatch", "walCommit",
                    "commitOffsets", "triggerExecution")
+PIECES = ("noop", "toArrow", "write")
 
 
 @dataclass
-class BatchTiming:
-    """One profiled micro-batch, in seconds."""
+class Piece:
+    """One piece summed over the profiled batches: wall seconds and CPU seconds by process."""
 
-    batch_id: int
-    rows: int
-    count_s: float
-    to_arrow_s: float
-    write_s: float
-    count_cpu_s: float = 0.0  # CPU seconds of the whole process tree (driver, JVM, workers)
-    to_arrow_cpu_s: float = 0.0
-    write_cpu_s: float = 0.0
+    seconds: float = 0.0
+    cpu: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CPU_KINDS, 0.0))
+
+    def add(self, seconds: float, cpu: dict[str, float]) -> None:
+        self.seconds += seconds
+        for kind, value in cpu.items():
+            self.cpu[kind] += value
+
+    @property
+    def spark_cpu(self) -> float:
+        return sum(v for k, v in self.cpu.items() if k != "broker")
 
 
 @dataclass
 class ProfileResult:
-    """The profiled micro-batches and the summed progress phases (ms) of the batches with data."""
+    """The profiled pieces and the summed progress phases (ms) of the batches with data."""
 
     max_records_per_trigger: int
-    batches: list[BatchTiming] = field(default_factory=list)
+    rows: int = 0
+    batches: int = 0
+    pieces: dict[str, Piece] = field(default_factory=lambda: {p: Piece() for p in PIECES})
     phases_ms: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def rows(self) -> int:
-        return sum(b.rows for b in self.batches)
-
-    def total(self, attr: str) -> float:
-        return sum(getattr(b, attr) for b in self.batches)
 
 
 def sum_phases(progress: list) -> dict[str, int]:
@@ -72,28 +73,31 @@ def sum_phases(progress: list) -> dict[str, int]:
     return sums
 
 
-def profile_bronze_batches(spark: SparkSession, settings: Settings) -> ProfileResult:
+def profile_bronze_batches(spark: SparkSession, settings: Settings, *,
+                           broker_pid: int | None = None) -> ProfileResult:
     """Run the bronze source + transform once over the backlog with a timing foreachBatch."""
     from deltalake import write_deltalake
 
-    topics = settings.streaming.bronze_topics
+    topics = [settings.kafka_topic(t) for t in settings.streaming.bronze_topics]
     checkpoint = settings.checkpoint_path("bronze-profile")
     path = settings.table_path("bronze.events")
     result = ProfileResult(settings.kafka.max_records_per_trigger)
 
-    def timed(batch: DataFrame, batch_id: int) -> None:
-        c0, t0 = tree_cpu_seconds(), time.perf_counter()
-        rows = batch.count()
-        c1, t1 = tree_cpu_seconds(), time.perf_counter()
+    def timed(batch: DataFrame, _batch_id: int) -> None:
+        marks = [(time.perf_counter(), cpu_by_process(broker_pid))]
+        batch.write.format("noop").mode("overwrite").save()
+        marks.append((time.perf_counter(), cpu_by_process(broker_pid)))
         table = batch.toArrow()
-        c2, t2 = tree_cpu_seconds(), time.perf_counter()
+        marks.append((time.perf_counter(), cpu_by_process(broker_pid)))
         if table.num_rows:
             write_deltalake(path, table, mode="append",
                             partition_by=list(BRONZE_PARTITION_COLUMNS))
-        c3, t3 = tree_cpu_seconds(), time.perf_counter()
-        if rows:
-            result.batches.append(BatchTiming(batch_id, rows, t1 - t0, t2 - t1, t3 - t2,
-                                              c1 - c0, c2 - c1, c3 - c2))
+        marks.append((time.perf_counter(), cpu_by_process(broker_pid)))
+        if table.num_rows:
+            result.rows += table.num_rows
+            result.batches += 1
+            for piece, (t0, c0), (t1, c1) in zip(PIECES, marks[:-1], marks[1:], strict=True):
+                result.pieces[piece].add(t1 - t0, cpu_delta(c0, c1))
 
     until = kafka_end_offsets(settings, topics)
     source = read_kafka_stream(spark, settings, topics, checkpoint=checkpoint)

@@ -46,6 +46,7 @@ from pipelines.jobs.runner import await_query
 from pipelines.spark import build_spark
 from pipelines.transforms.bronze import kafka_to_bronze
 from pipelines.transforms.silver import (
+    ENVELOPE_COLUMNS,
     REJECTS_TABLE,
     SILVER_TABLES,
     EventTimeWatermark,
@@ -125,7 +126,7 @@ class SilverBatchWriter:
 
     def _write(self, spark: SparkSession, rows: DataFrame, batch_id: int) -> None:
         table_path = self.settings.table_path
-        extra = [*LESSON_ATTRIBUTES, "lesson_known"]
+        extra = [*(c for c in LESSON_ATTRIBUTES if c not in ENVELOPE_COLUMNS), "lesson_known"]
         valid = rows.where(F.col("reject_reason").isNull())
         enriched = valid.transform(self.enrich(spark)).persist()  # one lookup per batch
         try:

@@ -1,0 +1,274 @@
+"""Help tagging transforms: evidence signals, the per-request window, aggregation, tag rules.
+
+All pure `DataFrame -> DataFrame` functions parametrised by closures over `HelpConfig`. The
+plan (pipelines/jobs/help.py wires it to Kafka and Delta):
+
+    validated rows -> help_signals      one row per request, one per fired evidence signal
+      -> window (state: HelpWindowProcessor per classroom | join: join_requests_with_evidence)
+         = (request, evidence) pairs, evidence within [request - before, request + after]
+      -> aggregate_evidence             counts per signal and role for each help_id
+      -> apply_tag_rules                tags, primary tag, evidence JSON
+      -> tag_records                    the gold.help_tags / classroom.help.tags columns
+
+Why signals instead of raw rows: a healthy sample never fires a rule, so only rows that could
+(by the configured thresholds) enter the window state. That keeps the state and the Python side
+of the stateful operator about two orders of magnitude smaller than the raw event rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from pipelines.config import NO_ISSUE_TAG, HelpConfig, HelpRulesConfig
+
+Transform = Callable[[DataFrame], DataFrame]
+
+HELP_TOPICS = ("classroom.av", "classroom.signal", "classroom.whiteboard", "classroom.enter",
+               "classroom.help")
+ROLES = ("teacher", "student")
+REQUEST = "request"  # the `signal` of a help.request row
+
+# The request half of every pair, and the evidence half (null when nothing was in the window).
+REQUEST_FIELDS = (("help_id", "string"), ("classroom_id", "string"), ("lesson_id", "string"),
+                  ("requester_id", "string"), ("requester_role", "string"),
+                  ("category", "string"), ("request_time_ms", "long"),
+                  ("request_kafka_ms", "long"))
+EVIDENCE_FIELDS = (("event_id", "string"), ("signal", "string"), ("role", "string"),
+                   ("event_time_ms", "long"), ("kafka_time_ms", "long"),
+                   ("packet_loss_pct", "double"), ("rtt_ms", "long"),
+                   ("freeze_count", "long"), ("detail", "string"))
+REQUEST_COLUMNS = tuple(name for name, _ in REQUEST_FIELDS)
+EVIDENCE_COLUMNS = tuple(name for name, _ in EVIDENCE_FIELDS)
+PAIR_SCHEMA = ", ".join(f"{n} {t}" for n, t in (*REQUEST_FIELDS, *EVIDENCE_FIELDS))
+
+
+def _ms(ts: Column) -> Column:
+    return F.unix_micros(ts).cast("long") / F.lit(1000)
+
+
+def signal_conditions(rules: HelpRulesConfig) -> dict[str, Column]:
+    """Evidence signal -> the row predicate that fires it (thresholds from conf)."""
+    p = F.col("payload")
+    av = F.col("event_type") == "av.quality"
+    enter = F.col("event_type") == "enter.step"
+    return {
+        "bad_network_sample": av & ((p["packet_loss_pct"] >= rules.packet_loss_pct)
+                                    | (p["rtt_ms"] >= rules.rtt_ms)),
+        "disconnect": F.col("event_type") == "signal.disconnect",
+        "mic_muted": av & (p["direction"] == "up") & (p["media"] == "audio")
+                     & (p["mic_muted"] == F.lit(True)),
+        "video_freeze": av & (p["direction"] == "down") & (p["media"] == "video")
+                        & (p["freeze_count"] >= rules.freeze_min_count),
+        "wb_load_fail": F.col("event_type") == "wb.load_fail",
+        "enter_fail": enter & (p["step"] == "enter_fail"),
+        "enter_success": enter & (p["step"] == "enter_success"),
+    }
+
+
+def help_signals(rules: HelpRulesConfig) -> Transform:
+    """Validated rows -> one row per help.request and one per fired evidence signal.
+
+    Every other row is dropped here. One projection and one explode, no union, so the Kafka
+    source is read once. `kafka_timestamp` keeps its watermark; `*_ms` are plain longs.
+    """
+    conditions = signal_conditions(rules)
+
+    def apply(df: DataFrame) -> DataFrame:
+        p = F.col("payload")
+        is_request = (F.col("event_type") == "help.request") & p["help_id"].isNotNull()
+        fired = F.filter(F.array(*[F.when(c, F.lit(name)) for name, c in conditions.items()]),
+                         lambda s: s.isNotNull())
+        signals = F.when(is_request, F.array(F.lit(REQUEST))).otherwise(fired)
+        return (df.where(F.col("reject_reason").isNull())
+                  .select(F.col("classroom_id"), F.col("kafka_timestamp"),
+                          _ms(F.col("kafka_timestamp")).cast("long").alias("kafka_time_ms"),
+                          F.col("event_time_ms").cast("long").alias("event_time_ms"),
+                          F.col("event_id"), F.col("role"), F.col("lesson_id"),
+                          F.col("user_id"), p["help_id"].alias("help_id"),
+                          p["category"].alias("category"),
+                          p["packet_loss_pct"].cast("double").alias("packet_loss_pct"),
+                          p["rtt_ms"].cast("long").alias("rtt_ms"),
+                          p["freeze_count"].cast("long").alias("freeze_count"),
+                          F.coalesce(p["error_code"], p["reason"]).alias("detail"),
+                          F.explode(signals).alias("signal")))
+
+    return apply
+
+
+def join_requests_with_evidence(cfg: HelpConfig) -> Transform:
+    """The stream-stream variant of the window: help requests LEFT OUTER JOIN evidence.
+
+    The broker-time bound lets Spark evict state (both sides carry the watermark on
+    `kafka_timestamp`); the event-time bound is the window itself.
+    """
+    before_ms, after_ms = int(cfg.window_before_s * 1000), int(cfg.window_after_s * 1000)
+    slack_s = cfg.window_before_s + cfg.evidence_slack_s
+
+    def apply(df: DataFrame) -> DataFrame:
+        requests = df.where(F.col("signal") == REQUEST).select(
+            "help_id", "classroom_id", "lesson_id", F.col("user_id").alias("requester_id"),
+            F.col("role").alias("requester_role"), "category",
+            F.col("event_time_ms").alias("request_time_ms"),
+            F.col("kafka_time_ms").alias("request_kafka_ms"),
+            F.col("kafka_timestamp").alias("request_kafka_ts"))
+        evidence = df.where(F.col("signal") != REQUEST).select(
+            F.col("classroom_id").alias("ev_classroom_id"),
+            F.col("kafka_timestamp").alias("ev_kafka_ts"), *EVIDENCE_COLUMNS)
+        r, e = requests.alias("r"), evidence.alias("e")
+        condition = (
+            (F.col("e.ev_classroom_id") == F.col("r.classroom_id"))
+            & (F.col("e.ev_kafka_ts") >= F.col("r.request_kafka_ts")
+               - F.expr(f"INTERVAL {slack_s} SECONDS"))
+            & (F.col("e.ev_kafka_ts") <= F.col("r.request_kafka_ts")
+               + F.expr(f"INTERVAL {cfg.window_after_s + cfg.evidence_slack_s} SECONDS"))
+            & F.col("e.event_time_ms").between(F.col("r.request_time_ms") - before_ms,
+                                               F.col("r.request_time_ms") + after_ms))
+        return r.join(e, condition, "left_outer").select(
+            *[F.col(f"r.{c}") for c in (*REQUEST_COLUMNS, "request_kafka_ts")],
+            *[F.col(f"e.{c}") for c in EVIDENCE_COLUMNS])
+
+    return apply
+
+
+def _n(signal: str, role: str | None = None) -> Column:
+    """Distinct evidence events of `signal` (by `role`): a re-sent event counts once."""
+    hit = F.col("signal") == signal
+    if role is not None:
+        hit = hit & (F.col("role") == role)
+    return F.size(F.collect_set(F.when(hit, F.col("event_id"))))
+
+
+def _max(signal: str, column: str, role: str | None = None) -> Column:
+    hit = F.col("signal") == signal
+    if role is not None:
+        hit = hit & (F.col("role") == role)
+    return F.max(F.when(hit, F.col(column)))
+
+
+def _details(signal: str, role: str | None = None) -> Column:
+    hit = F.col("signal") == signal
+    if role is not None:
+        hit = hit & (F.col("role") == role)
+    return F.array_sort(F.collect_set(F.when(hit, F.col("detail"))))
+
+
+def aggregate_evidence(extra_keys: Iterable[str] = ()) -> Transform:
+    """Pairs -> one row per request: counts and extremes per signal and role.
+
+    Streaming-safe (collect_set, not count distinct), so the join variant runs it as a
+    streaming aggregation and the state variant on each micro-batch.
+    """
+    keys = [*REQUEST_COLUMNS, *extra_keys]
+
+    def apply(df: DataFrame) -> DataFrame:
+        per_role = []
+        for r in ROLES:
+            per_role += [
+                _n("bad_network_sample", r).alias(f"bad_network_samples_{r}"),
+                _max("bad_network_sample", "packet_loss_pct", r).alias(f"max_packet_loss_pct_{r}"),
+                _max("bad_network_sample", "rtt_ms", r).alias(f"max_rtt_ms_{r}"),
+                _n("disconnect", r).alias(f"disconnects_{r}"),
+                _n("mic_muted", r).alias(f"mic_muted_samples_{r}"),
+                _n("enter_fail", r).alias(f"enter_fails_{r}"),
+                _n("enter_success", r).alias(f"enter_successes_{r}"),
+                _details("enter_fail", r).alias(f"enter_error_codes_{r}"),
+            ]
+        return df.groupBy(*keys).agg(
+            *per_role,
+            _n("video_freeze").alias("freeze_samples"),
+            _max("video_freeze", "freeze_count").alias("max_freeze_count"),
+            _n("wb_load_fail").alias("wb_load_fails"),
+            _details("wb_load_fail").alias("wb_error_codes"),
+            F.size(F.collect_set("event_id")).alias("evidence_events"))
+
+    return apply
+
+
+def tag_conditions(rules: HelpRulesConfig) -> dict[str, tuple[Column, Column]]:
+    """Tag -> (whether it fires, the evidence that fired it) over aggregate_evidence's columns."""
+    out: dict[str, tuple[Column, Column]] = {}
+    for r in ROLES:
+        role = r.upper()
+        c = {name: F.col(f"{name}_{r}") for name in (
+            "bad_network_samples", "max_packet_loss_pct", "max_rtt_ms", "disconnects",
+            "mic_muted_samples", "enter_fails", "enter_successes", "enter_error_codes")}
+        network = c["bad_network_samples"] >= rules.network_min_samples
+        if rules.network_disconnects > 0:
+            network = network | (c["disconnects"] >= rules.network_disconnects)
+        out[f"{role}_NETWORK"] = (network, F.struct(
+            c["bad_network_samples"].alias("bad_samples"),
+            c["max_packet_loss_pct"].alias("max_packet_loss_pct"),
+            c["max_rtt_ms"].alias("max_rtt_ms"), c["disconnects"].alias("disconnects")))
+        out[f"{role}_MIC_MUTED"] = (c["mic_muted_samples"] >= rules.mic_muted_min_samples,
+                                    F.struct(c["mic_muted_samples"].alias("muted_samples")))
+        out[f"{role}_NOT_ENTERED"] = (
+            (c["enter_fails"] >= rules.enter_fail_min_events) & (c["enter_successes"] == 0),
+            F.struct(c["enter_fails"].alias("enter_fails"),
+                     c["enter_error_codes"].alias("error_codes")))
+    out["VIDEO_FREEZE"] = (F.col("freeze_samples") >= rules.freeze_min_samples, F.struct(
+        F.col("freeze_samples").alias("freeze_samples"),
+        F.col("max_freeze_count").alias("max_freeze_count")))
+    out["WHITEBOARD_LOAD_FAIL"] = (F.col("wb_load_fails") >= rules.wb_load_fail_min_events,
+                                   F.struct(F.col("wb_load_fails").alias("load_fails"),
+                                            F.col("wb_error_codes").alias("error_codes")))
+    return out
+
+
+def apply_tag_rules(rules: HelpRulesConfig, priority: Iterable[str]) -> Transform:
+    """Aggregates -> `tags` (fired tags in priority order, or NO_ISSUE_DETECTED), the
+    `primary_tag` (the first), and `evidence` (JSON: per fired tag, what fired it)."""
+    conditions = tag_conditions(rules)
+    order = [tag for tag in priority if tag in conditions]
+
+    def apply(df: DataFrame) -> DataFrame:
+        fired = F.array_compact(F.array(*[F.when(conditions[t][0], F.lit(t)) for t in order]))
+        tags = F.when(F.size(fired) > 0, fired).otherwise(F.array(F.lit(NO_ISSUE_TAG)))
+        evidence = F.to_json(F.struct(*[F.when(conditions[t][0], conditions[t][1]).alias(t)
+                                        for t in order]))
+        return (df.withColumn("tags", tags)
+                  .withColumn("primary_tag", F.col("tags")[0])
+                  .withColumn("evidence", evidence))
+
+    return apply
+
+
+TAG_COLUMNS = ("help_id", "classroom_id", "lesson_id", "requester_id", "requester_role",
+               "category", "tags", "primary_tag", "evidence", "evidence_events",
+               "request_time", "request_broker_time", "request_date")
+
+
+def tag_records(df: DataFrame) -> DataFrame:
+    """Tagged aggregates -> the tag record (tagged_at and latencies are added at the sink)."""
+    return df.select(
+        *TAG_COLUMNS[:10],
+        F.timestamp_millis("request_time_ms").alias("request_time"),
+        F.timestamp_millis("request_kafka_ms").alias("request_broker_time"),
+        F.to_date(F.timestamp_millis("request_time_ms")).alias("request_date"))
+
+
+def tag_requests(cfg: HelpConfig) -> Transform:
+    """Pairs -> tag records: aggregate, apply the rules, shape (the state variant's sink)."""
+
+    def apply(df: DataFrame) -> DataFrame:
+        return (df.transform(aggregate_evidence())
+                  .transform(apply_tag_rules(cfg.rules, cfg.priority))
+                  .transform(tag_records))
+
+    return apply
+
+
+def window_pairs(request: dict, evidence: Iterable[dict], before_ms: int,
+                 after_ms: int) -> Iterator[dict]:
+    """A request with each evidence row inside its event-time window; alone if none is."""
+    lo, hi = request["request_time_ms"] - before_ms, request["request_time_ms"] + after_ms
+    empty = dict.fromkeys(EVIDENCE_COLUMNS)
+    found = False
+    for ev in evidence:
+        if lo <= ev["event_time_ms"] <= hi:
+            found = True
+            yield {**request, **ev}
+    if not found:
+        yield {**request, **empty}

@@ -1,0 +1,138 @@
+"""The Help window as a per-classroom buffer (transformWithStateInPandas, event-time timers).
+
+Why not only a stream-stream join: a join's output watermark is its input watermark minus the
+longest time it keeps state (the 60 s look-back), so the per-request aggregation after it can
+only close a request a minute after the window did (docs/BENCHMARKS.md, "bench help"). Here
+each classroom keeps its recent evidence signals and open requests; a request's timer is its
+broker time + `window_after_s`, and it fires as soon as the watermark passes that, with
+everything the classroom sent in its window. The rows given to the operator carry no
+watermarked column, so Spark never drops a late request or late evidence: a late request is
+tagged at once with what is buffered.
+
+Timers follow the query's watermark, which Spark records per batch in the offset log, so a
+replayed batch fires the same timers over the same state and emits the same pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
+
+from pipelines.config import HelpConfig
+from pipelines.transforms.help import (
+    EVIDENCE_COLUMNS,
+    EVIDENCE_FIELDS,
+    PAIR_SCHEMA,
+    REQUEST,
+    REQUEST_COLUMNS,
+    REQUEST_FIELDS,
+    Transform,
+    window_pairs,
+)
+
+EVIDENCE_STATE = ", ".join(f"{n} {t}" for n, t in EVIDENCE_FIELDS)
+PENDING_STATE = ", ".join(f"{n} {t}" for n, t in (*REQUEST_FIELDS, ("due_ms", "long")))
+_PAIR_COLUMNS = (*REQUEST_COLUMNS, *EVIDENCE_COLUMNS)
+# help_signals column -> request field
+_REQUEST_SOURCE = {"help_id": "help_id", "classroom_id": "classroom_id",
+                   "lesson_id": "lesson_id", "requester_id": "user_id",
+                   "requester_role": "role", "category": "category",
+                   "request_time_ms": "event_time_ms", "request_kafka_ms": "kafka_time_ms"}
+
+
+def _records(pdf: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as dicts of plain Python values (None for missing): what the state API stores."""
+    clean = pdf.astype(object).where(pdf.notna(), None)
+    return clean.to_dict("records")
+
+
+class HelpWindowProcessor(StatefulProcessor):
+    """Per classroom: evidence signals (list), open requests (map help_id -> request), timers.
+
+    Evidence is pruned on a cleanup timer once it is older (broker time) than any open or
+    future request can look back to: before + after + slack behind the watermark.
+    """
+
+    def __init__(self, before_ms: int, after_ms: int, slack_ms: int) -> None:
+        self.before_ms = before_ms
+        self.after_ms = after_ms
+        self.retain_ms = before_ms + after_ms + slack_ms
+
+    def init(self, handle: StatefulProcessorHandle) -> None:
+        self.handle = handle
+        self.evidence = handle.getListState("evidence", EVIDENCE_STATE)
+        self.pending = handle.getMapState("pending", "help_id string", PENDING_STATE)
+        self.cleanup_at = handle.getValueState("cleanup_at", "at long")
+
+    def handleInputRows(self, key: Any, rows: Iterator[pd.DataFrame],
+                        timerValues: Any) -> Iterator[pd.DataFrame]:
+        for pdf in rows:
+            is_request = pdf["signal"] == REQUEST
+            evidence = _records(pdf.loc[~is_request, list(EVIDENCE_COLUMNS)])
+            if evidence:
+                self.evidence.appendList([tuple(r[c] for c in EVIDENCE_COLUMNS)
+                                          for r in evidence])
+                self._schedule_cleanup(min(r["kafka_time_ms"] for r in evidence))
+            for row in _records(pdf.loc[is_request]):
+                request = {name: row[src] for name, src in _REQUEST_SOURCE.items()}
+                request["classroom_id"] = request["classroom_id"] or key[0]
+                due = int(request["request_kafka_ms"]) + self.after_ms
+                self.pending.updateValue((request["help_id"],),
+                                         (*[request[c] for c in REQUEST_COLUMNS], due))
+                self.handle.registerTimer(due)
+        yield from ()
+
+    def handleExpiredTimer(self, key: Any, timerValues: Any,
+                           expiredTimerInfo: Any) -> Iterator[pd.DataFrame]:
+        expiry = expiredTimerInfo.getExpiryTimeInMs()
+        due = [(k, v) for k, v in self.pending.iterator() if v[-1] <= expiry]
+        out: list[dict[str, Any]] = []
+        if due:
+            evidence = [dict(zip(EVIDENCE_COLUMNS, t, strict=True)) for t in self.evidence.get()]
+            for help_key, value in due:
+                request = dict(zip(REQUEST_COLUMNS, value[:-1], strict=True))
+                out.extend(window_pairs(request, evidence, self.before_ms, self.after_ms))
+                self.pending.removeKey(help_key)
+        cleanup = self.cleanup_at.get()
+        if cleanup is not None and cleanup[0] <= expiry:
+            self._prune(timerValues.getCurrentWatermarkInMs())
+        if out:
+            yield pd.DataFrame(out, columns=list(_PAIR_COLUMNS), dtype=object)
+
+    def _schedule_cleanup(self, oldest_kafka_ms: int) -> None:
+        if not self.cleanup_at.exists():
+            at = int(oldest_kafka_ms) + self.retain_ms
+            self.cleanup_at.update((at,))
+            self.handle.registerTimer(at)
+
+    def _prune(self, watermark_ms: int) -> None:
+        horizon = watermark_ms - self.retain_ms
+        kept = [t for t in self.evidence.get() if t[4] >= horizon]  # t[4]: kafka_time_ms
+        self.cleanup_at.clear()
+        if kept:
+            self.evidence.put(kept)
+            self._schedule_cleanup(min(t[4] for t in kept))
+        else:
+            self.evidence.clear()
+
+    def close(self) -> None:
+        pass
+
+
+def buffer_requests_with_evidence(cfg: HelpConfig) -> Transform:
+    """Signals -> (request, evidence) pairs, each request once its window closed."""
+    processor = HelpWindowProcessor(int(cfg.window_before_s * 1000),
+                                    int(cfg.window_after_s * 1000),
+                                    int(cfg.evidence_slack_s * 1000))
+
+    def apply(df: DataFrame) -> DataFrame:
+        # Dropping the watermarked column keeps Spark from filtering late rows out of the
+        # operator; its timers still follow the query's watermark.
+        return (df.drop("kafka_timestamp").groupBy("classroom_id")
+                  .transformWithStateInPandas(processor, PAIR_SCHEMA, "Append", "EventTime"))
+
+    return apply

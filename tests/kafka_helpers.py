@@ -59,7 +59,7 @@ def record_bytes(row: Mapping) -> bytes:
     return row["value_raw"] if row["value_raw"] is not None else row["value"].encode()
 
 
-def lakehouse_cli(args: list[str], env: Mapping[str, str], timeout: float = 300,
+def lakehouse_cli(args: list[str], env: Mapping[str, str], timeout: float = 900,
                   **kwargs) -> subprocess.CompletedProcess[str]:
     """Run the real `lakehouse` entry point in a child process."""
     exe = Path(sys.executable).with_name("lakehouse")

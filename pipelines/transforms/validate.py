@@ -26,11 +26,9 @@ number inside an unknown extra field, nesting deeper than Jackson's limit (1000)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import StringType, StructField, StructType, VariantType
+from pyspark.sql.types import DataType, StringType, StructField, StructType, VariantType
 
 from quality.rules import (
     ENVELOPE_RULES,
@@ -68,8 +66,6 @@ _HIGH, _LOW = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
 LONE_SURROGATE = rf"(?<!\\)(?:\\\\)*(?:{_HIGH}(?!{_LOW})|(?<!{_HIGH}){_LOW})"
 _STARTS_AN_OBJECT = r"^[ \t\n\r]*\{"
 _MAX_EPOCH_MS = 9_223_372_036_854_775  # beyond this, epoch micros overflow a long
-_TYPE_NAMES = {"string": "string", "int": "int", "long": "bigint", "double": "double",
-               "boolean": "boolean"}
 
 BRONZE_COLUMNS = ("topic", "partition", "offset", "kafka_timestamp", "key", "value", "value_raw",
                   "ingest_date")
@@ -79,119 +75,146 @@ ENVELOPE_COLUMNS = ("event_id", "event_type", "schema_version", "team", "classro
 OUTPUT_COLUMNS = (*BRONZE_COLUMNS, *ENVELOPE_COLUMNS, "payload", "reject_reason", "reject_rule")
 
 
-def _probe_schema() -> StructType:
-    """`{"k": envelope}` with every envelope value (payload too) as VARIANT, plus the corrupt
-    record column: the only failures left are syntax errors and a non-object record."""
-    envelope = StructType([StructField(f.name, VariantType(), True)
-                           for f in envelope_spark_schema().fields])
+def _probe_schema(payload: DataType) -> StructType:
+    """`{"k": envelope}` with every envelope value as VARIANT (the payload as `payload`), plus
+    the corrupt-record column."""
+    envelope = StructType([
+        StructField(f.name, payload if f.name == "payload" else VariantType(), True)
+        for f in envelope_spark_schema().fields])
     return StructType([StructField("k", envelope, True), StructField(CORRUPT, StringType(), True)])
 
 
+# Fast path: payload fields as variants, no per-field path lookups. Fails (corrupt) only on bad
+# syntax, a non-object record or a non-object payload.
+_PROBE = _probe_schema(StructType([StructField(s.name, VariantType(), True)
+                                   for s in union_payload_spark_schema().fields]))
+# Slow path, for the records the fast probe failed on: the payload as one variant.
+_PROBE_SLOW = _probe_schema(VariantType())
 _SYNTAX_ONLY = StructType([StructField("k", StringType(), True),
                            StructField(CORRUPT, StringType(), True)])
-
-
-def _env(name: str, part: str) -> str:
-    return f"_e_{part}_{name}"
-
-
-def _pay(name: str, part: str) -> str:
-    return f"_p_{part}_{name}"
-
-
-def _type_ok(spec: FieldSpec, leaf: Column, json_type: Column) -> Column:
-    """The contract's `_type_ok` on a variant: ints are BIGINT (a JSON integer literal) in range,
-    doubles any JSON number, objects OBJECT; booleans are not numbers."""
-    if spec.type == "object":
-        return json_type.startswith("OBJECT")
-    if spec.type in ("int", "long"):
-        ok = json_type == "BIGINT"
-        if spec.type == "int":
-            ok = ok & F.try_variant_get(leaf, "$", "bigint").between(*INT32)
-        return ok
-    if spec.type == "double":
-        return json_type.isin("BIGINT", "DOUBLE", "FLOAT") | json_type.startswith("DECIMAL")
-    return json_type == spec.type.upper()
-
-
-def _with_leaf_columns(spec: FieldSpec, leaf: Column, name: Callable[[str, str], str]
-                       ) -> list[Column]:
-    """A leaf's JSON type, presence, type check and typed value as named columns."""
-    json_type = F.schema_of_variant(leaf)
-    present = leaf.isNotNull() & (json_type != "VOID")
-    type_ok = present & _type_ok(spec, leaf, json_type)
-    cols = [json_type.alias(name(spec.name, "t")), present.alias(name(spec.name, "present")),
-            type_ok.alias(name(spec.name, "ok"))]
-    if spec.type != "object":
-        value = F.when(type_ok, F.try_variant_get(leaf, "$", _TYPE_NAMES[spec.type]))
-        cols.append(value.alias(name(spec.name, "value")))
-    return cols
-
-
-def _lookup(specs: dict[str, FieldSpec], name: Callable[[str, str], str], leaf_of: Callable[[str], Column]
-            ) -> Callable[[str], FieldValue]:
-    def lookup(field: str) -> FieldValue:
-        spec = specs[field]
-        value = F.col(name(field, "value")) if spec.type != "object" else F.lit(None)
-        if spec.type == "string":
-            text = value
-        else:
-            is_text = F.col(name(field, "t")) == "STRING"
-            text = F.when(is_text, F.try_variant_get(leaf_of(field), "$", "string"))
-        return FieldValue(value, F.col(name(field, "present")), F.col(name(field, "ok")), text)
-
-    return lookup
-
-
-_ENV_SPECS = {s.name: s for s in ENVELOPE_FIELDS}
+_ENV_SPECS = {s.name: s for s in ENVELOPE_FIELDS if s.type != "object"}
 _PAY_SPECS = {s.name: s for s in UNION_PAYLOAD_FIELDS}
-_env_lookup = _lookup(_ENV_SPECS, _env, lambda f: F.col("_probe.k").getField(f))
-_pay_lookup = _lookup(_PAY_SPECS, _pay, lambda f: F.col(_pay(f, "leaf")))
+
+
+def _leaf(part: str, name: str) -> str:
+    return f"_{part}_leaf_{name}"
+
+
+def _jtype(part: str, name: str) -> str:
+    return f"_{part}_type_{name}"
+
+
+def _val(part: str, name: str) -> str:
+    return f"_{part}_value_{name}"
+
+
+def _wrapped(value: Column) -> Column:
+    return F.concat(F.lit('{"k":'), value, F.lit("}"))
 
 
 def _parse(df: DataFrame) -> DataFrame:
-    """Read each record once into variants; add the well-formedness evidence."""
+    """Read each record into variants once (twice for the few the fast probe fails on)."""
     value = F.col("value")
-    wrapped = F.concat(F.lit('{"k":'), value, F.lit("}"))
-    return df.select(
-        *df.columns,
-        F.from_json(wrapped, _probe_schema(), STRICT_JSON).alias("_probe"),
-        F.json_array_length(F.concat(F.lit("["), value, F.lit("]"))).alias("_items"),
-    )
+    fast = F.from_json(_wrapped(value), _PROBE, STRICT_JSON)
+    return (df.select("*", fast.alias("_probe"),
+                      F.json_array_length(F.concat(F.lit("["), value, F.lit("]"))).alias("_items"))
+            .withColumn("_slow", F.when(F.col(f"_probe.{CORRUPT}").isNotNull(),
+                                        F.from_json(_wrapped(value), _PROBE_SLOW, STRICT_JSON))))
 
 
 def _leaves(df: DataFrame) -> DataFrame:
-    """Every contract field's JSON type, presence, type check and typed value."""
-    env = F.col("_probe.k")
-    payload = env.getField("payload")
-    pay_leaves = [F.try_variant_get(payload, f"$['{s.name}']", "variant").alias(_pay(s.name, "leaf"))
-                  for s in UNION_PAYLOAD_FIELDS]
-    with_leaves = df.select("*", *pay_leaves)
-    cols = [c for s in ENVELOPE_FIELDS for c in _with_leaf_columns(s, env.getField(s.name), _env)]
-    cols += [c for s in UNION_PAYLOAD_FIELDS
-             for c in _with_leaf_columns(s, F.col(_pay(s.name, "leaf")), _pay)]
-    return with_leaves.select("*", *cols)
+    """Each contract field as a variant: envelope values from whichever probe parsed."""
+    fast_ok = F.col(f"_probe.{CORRUPT}").isNull()
+    env = [F.when(fast_ok, F.col("_probe.k").getField(n)).otherwise(
+        F.col("_slow.k").getField(n)).alias(_leaf("e", n)) for n in _ENV_SPECS]
+    pay = [F.col("_probe.k.payload").getField(n).alias(_leaf("p", n)) for n in _PAY_SPECS]
+    slow_payload = F.schema_of_variant(F.col("_slow.k.payload"))
+    payload_kind = (F.when(fast_ok, F.when(F.col("_probe.k.payload").isNull(), "absent")
+                           .otherwise("object"))
+                    .when(slow_payload.isNull() | (slow_payload == "VOID"), "absent")
+                    .otherwise("other"))
+    return df.select(*df.columns, *env, *pay, payload_kind.alias("_payload_kind"))
 
 
-def _well_formed(df: DataFrame) -> Column:
-    """Strict JSON (see module docstring); a lax syntax check is re-run strictly only when the
-    probe failed, which it also does for well-formed non-objects."""
+def _typed_value(spec: FieldSpec, leaf: Column, json_type: Column) -> Column:
+    """The value cast to the contract type where its JSON type is the contract's, else null.
+    Ints are read as long here; the INT32 range is part of their type check."""
+    if spec.type in ("int", "long"):
+        return F.when(json_type == "BIGINT", F.try_variant_get(leaf, "$", "bigint"))
+    if spec.type == "double":
+        numeric = json_type.isin("BIGINT", "DOUBLE", "FLOAT") | json_type.startswith("DECIMAL")
+        return F.when(numeric, F.try_variant_get(leaf, "$", "double"))
+    return F.when(json_type == spec.type.upper(), F.try_variant_get(leaf, "$", spec.type))
+
+
+def _overflows(leaf: Column, json_type: Column) -> Column:
+    """A JSON number beyond the double range (Spark reads it as infinity; orjson rejects it)."""
+    return (json_type == "DOUBLE") & F.try_variant_get(leaf, "$", "double").isin(
+        float("inf"), float("-inf"))
+
+
+def _types_and_values(df: DataFrame) -> DataFrame:
+    """JSON type (`schema_of_variant`) and typed value of every leaf, computed once."""
+    leaves = [("e", s) for s in _ENV_SPECS.values()] + [("p", s) for s in _PAY_SPECS.values()]
+    typed = df.select("*", *(F.schema_of_variant(F.col(_leaf(part, s.name)))
+                             .alias(_jtype(part, s.name)) for part, s in leaves))
+    overflow = F.lit(False)
+    for part, s in leaves:
+        overflow = overflow | _overflows(F.col(_leaf(part, s.name)), F.col(_jtype(part, s.name)))
+    return typed.select(
+        *(c for c in typed.columns if "_leaf_" not in c),
+        *(_typed_value(s, F.col(_leaf(part, s.name)), F.col(_jtype(part, s.name)))
+          .alias(_val(part, s.name)) for part, s in leaves),
+        *(F.when(F.col(_jtype(part, s.name)) == "STRING",
+                 F.try_variant_get(F.col(_leaf(part, s.name)), "$", "string"))
+          .alias(f"_{part}_text_{s.name}")
+          for part, s in leaves if s.type != "string" and s.name in _CONDITION_FIELDS),
+        F.coalesce(overflow, F.lit(False)).alias("_overflow"))
+
+
+_CONDITION_FIELDS = {c.field for s in UNION_PAYLOAD_FIELDS for c in s.required_when}
+
+
+def _field(part: str, spec: FieldSpec) -> FieldValue:
+    """The rule-facing view of one leaf (see `quality.rules.FieldValue`)."""
+    json_type, value = F.col(_jtype(part, spec.name)), F.col(_val(part, spec.name))
+    present = json_type.isNotNull() & (json_type != "VOID")
+    type_ok = value.isNotNull()
+    if spec.type == "int":
+        type_ok = value.between(*INT32)
+    if spec.type == "string":
+        text = value
+    elif spec.name in _CONDITION_FIELDS:
+        text = F.col(f"_{part}_text_{spec.name}")
+    else:
+        text = F.lit(None).cast("string")
+    return FieldValue(F.when(type_ok, value), present, F.coalesce(type_ok, F.lit(False)), text)
+
+
+def _payload_field() -> FieldValue:
+    kind = F.col("_payload_kind")
+    return FieldValue(F.lit(None), kind != "absent", kind == "object", F.lit(None))
+
+
+def _env_lookup(name: str) -> FieldValue:
+    return _payload_field() if name == "payload" else _field("e", _ENV_SPECS[name])
+
+
+def _pay_lookup(name: str) -> FieldValue:
+    return _field("p", _PAY_SPECS[name])
+
+
+def _well_formed() -> Column:
+    """Strict JSON (see module docstring): a probe parsed it or the syntax-only read did,
+    `[value]` holds one element, no lone surrogate escape, no contract number overflowed."""
     value = F.col("value")
-    wrapped = F.concat(F.lit('{"k":'), value, F.lit("}"))
-    strict_ok = F.when(F.col(f"_probe.{CORRUPT}").isNull(), F.lit(True)).otherwise(
-        F.from_json(wrapped, _SYNTAX_ONLY, STRICT_JSON).getField(CORRUPT).isNull())
-    doubles = [(F.col(name(s.name, "t")) == "DOUBLE")
-               & F.try_variant_get(leaf, "$", "double").isin(float("inf"), float("-inf"))
-               for s, name, leaf in (
-                   *((s, _env, F.col("_probe.k").getField(s.name)) for s in ENVELOPE_FIELDS),
-                   *((s, _pay, F.col(_pay(s.name, "leaf"))) for s in UNION_PAYLOAD_FIELDS))
-               if s.type != "object"]
-    overflow = doubles[0]
-    for d in doubles[1:]:
-        overflow = overflow | d
+    parsed = (F.when(F.col(f"_probe.{CORRUPT}").isNull(), F.lit(True))
+              .when(F.col(f"_slow.{CORRUPT}").isNull(), F.lit(True))
+              .otherwise(F.from_json(_wrapped(value), _SYNTAX_ONLY, STRICT_JSON)
+                         .getField(CORRUPT).isNull()))
     surrogate = value.contains("\\u") & value.rlike(LONE_SURROGATE)
-    ok = (value.isNotNull() & (F.col("_items") == 1) & strict_ok
-          & ~F.coalesce(surrogate, F.lit(False)) & ~F.coalesce(overflow, F.lit(False)))
+    ok = (value.isNotNull() & (F.col("_items") == 1) & parsed
+          & ~F.coalesce(surrogate, F.lit(False)) & ~F.col("_overflow"))
     return F.coalesce(ok, F.lit(False))
 
 
@@ -243,8 +266,8 @@ def _payload_struct() -> Column:
     for spec in UNION_PAYLOAD_FIELDS:
         defined = F.lit(False)
         for name, etype in EVENT_TYPES.items():
-            versions = [v.version for v in etype.versions if spec.name in
-                        {f.name for f in v.fields}]
+            versions = [v.version for v in etype.versions
+                        if spec.name in {f.name for f in v.fields}]
             if versions:
                 defined = defined | ((event_type == name) & version.isin(versions))
         value = F.when(defined, _pay_lookup(spec.name).value)
@@ -254,14 +277,16 @@ def _payload_struct() -> Column:
 
 def _result(df: DataFrame) -> DataFrame:
     env = _env_lookup
+    schema = envelope_spark_schema()
     event_time_ms = env("event_time").value
     event_time = F.when(event_time_ms.between(-_MAX_EPOCH_MS, _MAX_EPOCH_MS),
                         F.timestamp_millis(event_time_ms))
-    checked = df.withColumn("_well_formed", _well_formed(df)).withColumn(
-        "_reject", _first_violation())
+    checked = (df.withColumn("_well_formed", _well_formed())
+               .withColumn("_reject", _first_violation()))
     return checked.select(
         *BRONZE_COLUMNS,
-        *(env(name).value.alias(name) for name in ENVELOPE_COLUMNS[:10]),
+        *(env(name).value.cast(schema[name].dataType).alias(name)
+          for name in ENVELOPE_COLUMNS[:10]),
         event_time_ms.alias("event_time_ms"),
         event_time.alias("event_time"),
         _payload_struct().alias("payload"),
@@ -277,7 +302,8 @@ def parse_and_validate(df: DataFrame) -> DataFrame:
     and the bronze coordinates; keeps `event_time` and `kafka_timestamp` so the skew, lateness
     and duplicate checks downstream can run on the result.
     """
-    return df.transform(_parse).transform(_leaves).transform(_result)
+    return (df.transform(_parse).transform(_leaves).transform(_types_and_values)
+            .transform(_result))
 
 
 def flatten_payload(df: DataFrame) -> DataFrame:

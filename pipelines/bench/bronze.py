@@ -508,25 +508,24 @@ def cpu_rows(report: BronzeBenchReport) -> list[tuple[str, ...]]:
     """(what, wall s, CPU s per process kind..., Spark side total, broker): where work goes."""
     rows = []
     blank = dict.fromkeys(CPU_KINDS, 0.0)
-    for name, stage in (("plain loop (one process)", report.plain),
-                        ("read_ranges without Spark (one process)", report.source_read)):
+    for name, stage in (("plain loop", report.plain),
+                        ("read_ranges, no Spark", report.source_read)):
         if stage is not None and stage.cpu_seconds is not None:
             rows.append((name, f"{stage.seconds:.2f}",
                          *_cpu_cells({**blank, "driver": stage.cpu_seconds})[:-1], ""))
     for run in report.bronze:
-        rows.append((f"bronze cap {run.max_records_per_trigger:,}, whole run",
+        rows.append((f"bronze cap {run.max_records_per_trigger:,}",
                      f"{run.wall_seconds:.2f}", *_cpu_cells(run.cpu)))
     prof = report.profile
     if prof is not None:
         noop, arrow, write = (prof.pieces[p] for p in PIECES)
         collect = {k: max(arrow.cpu[k] - noop.cpu[k], 0.0) for k in CPU_KINDS}
-        cap = f"{prof.max_records_per_trigger:,}"
         rows += [
-            (f"profile cap {cap}: read + transform into the JVM (noop sink)",
+            ("profile: read + transform (noop)",
              f"{noop.seconds:.2f}", *_cpu_cells(noop.cpu)),
-            (f"profile cap {cap}: collect to the driver (toArrow - noop)",
+            ("profile: collect (toArrow - noop)",
              f"{max(arrow.seconds - noop.seconds, 0):.2f}", *_cpu_cells(collect)),
-            (f"profile cap {cap}: write_deltalake on the driver",
+            ("profile: write_deltalake",
              f"{write.seconds:.2f}", *_cpu_cells(write.cpu)),
         ]
     return rows
@@ -543,13 +542,13 @@ def breakdown_rows(report: BronzeBenchReport) -> list[tuple[str, ...]]:
     collect_s = max(arrow.seconds - noop.seconds, 0.0)
     collect_cpu = max(arrow.spark_cpu - noop.spark_cpu, 0.0)
     return [
-        ("Python source read on the executors + Arrow into the JVM + transform",
+        ("source read on the executors, Arrow into the JVM, transform",
          f"{noop.seconds:.2f}", f"{noop.seconds / wall:.0%}", f"{noop.spark_cpu:.2f}",
          f"{noop.spark_cpu / cpu:.0%}"),
-        ("rows back to Arrow + collect to the Python driver (toArrow)",
+        ("rows to Arrow, collect to the Python driver",
          f"{collect_s:.2f}", f"{collect_s / wall:.0%}", f"{collect_cpu:.2f}",
          f"{collect_cpu / cpu:.0%}"),
-        ("delta-rs write_deltalake on the driver", f"{write.seconds:.2f}",
+        ("write_deltalake on the driver", f"{write.seconds:.2f}",
          f"{write.seconds / wall:.0%}", f"{write.spark_cpu:.2f}", f"{write.spark_cpu / cpu:.0%}"),
     ]
 
@@ -567,8 +566,7 @@ def phase_rows(report: BronzeBenchReport) -> list[tuple[str, str]]:
 
 
 BREAKDOWN_COLUMNS = ("piece", "wall s", "share", "Spark CPU s", "share")
-CPU_COLUMNS = ("what", "wall s", "driver", "JVM", "Python workers", "other Python",
-               "Spark total", "broker")
+CPU_COLUMNS = ("what", "wall s", "driver", "JVM", "workers", "planners", "Spark", "broker")
 
 
 def _table(title: str, columns: Sequence[str], rows: list[tuple[str, ...]]) -> Table:
@@ -637,8 +635,12 @@ def to_markdown(report: BronzeBenchReport) -> str:
                   f"{prof.max_records_per_trigger:,}: {prof.rows:,} rows in {prof.batches} "
                   "batches; shares of toArrow + write, which is what the job does):", "",
                   *_md_table(BREAKDOWN_COLUMNS, breakdown_rows(report))]
-    lines += ["CPU seconds by process (Spark total = driver + JVM + Python workers + other "
-              "Python; the broker apart):", "", *_md_table(CPU_COLUMNS, cpu_rows(report))]
+    lines += ["CPU seconds by process: the Python driver, the JVM, the Python workers running "
+              "tasks, the planners (other Python processes: Spark's data source planners and "
+              "the streaming source runner); Spark = their sum; the broker apart. The plain "
+              "loop and read_ranges are one process each (in the driver column). Bronze rows "
+              "cover the whole query, start to stop; wall is first batch start to last end.",
+              "", *_md_table(CPU_COLUMNS, cpu_rows(report))]
     lines += ["Query progress phases, summed over the batches with data (seconds):", "",
               *_md_table(("run", "phases"), phase_rows(report))]
     lines += [f"- {note}" for note in report.notes]

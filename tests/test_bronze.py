@@ -100,7 +100,8 @@ def test_bronze_once_in_process_lands_every_record(spark, broker, tmp_path) -> N
 def test_sigkill_after_delta_commit_replays_batch_without_duplicates(broker, tmp_path) -> None:
     """Die after the Delta commit of batch 1, before Spark's commit log: the replay is skipped."""
     env = {**unique_topics_env({"av": 2, "signal": 1}),
-           "LAKEHOUSE_ROOT": str(tmp_path), "LAKEHOUSE__BROKER__PORT": str(broker.settings.broker.port),
+           "LAKEHOUSE_ROOT": str(tmp_path),
+           "LAKEHOUSE__BROKER__PORT": str(broker.settings.broker.port),
            "LAKEHOUSE__KAFKA__MAX_RECORDS_PER_TRIGGER": "1000"}
     settings = broker.make_settings(tmp_path, env)
     records = known_records(4000, settings.streaming.bronze_topics, seed=3)
@@ -123,7 +124,8 @@ def test_sigkill_after_delta_commit_replays_batch_without_duplicates(broker, tmp
 @pytest.mark.fault
 def test_sigkill_at_a_random_moment_loses_and_duplicates_nothing(broker, tmp_path) -> None:
     env = {**unique_topics_env({"av": 3, "whiteboard": 1}),
-           "LAKEHOUSE_ROOT": str(tmp_path), "LAKEHOUSE__BROKER__PORT": str(broker.settings.broker.port),
+           "LAKEHOUSE_ROOT": str(tmp_path),
+           "LAKEHOUSE__BROKER__PORT": str(broker.settings.broker.port),
            "LAKEHOUSE__KAFKA__MAX_RECORDS_PER_TRIGGER": "1500"}
     settings = broker.make_settings(tmp_path, env)
     records = known_records(12000, settings.streaming.bronze_topics, seed=4)

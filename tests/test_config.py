@@ -71,7 +71,7 @@ def test_secret_from_the_environment_is_used_but_not_shown() -> None:
 def test_broken_yaml_names_the_file(tmp_path) -> None:
     (tmp_path / "base.yaml").write_text("kafka: [unclosed\n")
     (tmp_path / "local.yaml").write_text("{}\n")
-    with pytest.raises(ConfigError, match="base.yaml is not valid YAML"):
+    with pytest.raises(ConfigError, match=r"base\.yaml is not valid YAML"):
         load_settings(environ=env(LAKEHOUSE_CONF_DIR=str(tmp_path)))
 
 

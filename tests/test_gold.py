@@ -28,7 +28,7 @@ def signal_row(minute: int, role: str, event_type: str) -> dict:
             "event_time": T0 + timedelta(minutes=minute, seconds=30), "rtt_ms": 50.0}
 
 
-def write(settings, table: str, rows: list[dict]) -> None:  # noqa: ANN001
+def write(settings, table: str, rows: list[dict]) -> None:
     write_deltalake(settings.table_path(table), pa.Table.from_pylist(rows), mode="append")
 
 

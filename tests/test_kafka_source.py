@@ -35,3 +35,14 @@ def test_restart_position_comes_from_the_newest_offset_log_entry(tmp_path) -> No
     (offsets / "1").write_text(f'v1\n{meta}\n{json.dumps({"a": {"0": 9}})}\n')
     assert _last_logged_end(str(tmp_path), {"a"}) == {"a": {"0": 9}}
     assert _last_logged_end(str(tmp_path), {"other"}) is None
+
+
+def test_caught_up_compares_every_leaf_and_names() -> None:
+    from pipelines.io.kafka import caught_up
+
+    assert caught_up("{'a': {'0': 3, '1': 9}}", {"a": {"0": 3, "1": 8}})
+    assert not caught_up({"a": {"0": 2}}, {"a": {"0": 3}})
+    assert not caught_up({"a": {"0": 5}}, {"b": {"0": 1}})
+    assert caught_up('{"table": "/t", "version": 4}', {"table": "/t", "version": 4})
+    assert not caught_up({"table": "/other", "version": 9}, {"table": "/t", "version": 4})
+    assert not caught_up(None, {"version": 1})

@@ -22,7 +22,7 @@ def ledger_row(topic: str, offset: int, reason: str, value: str | None, raw: byt
             "value": value, "value_raw": raw, "reject_reason": reason, "reject_rule": "x"}
 
 
-def consume_all(settings, topic: str, expect: int) -> list[tuple[bytes, bytes]]:  # noqa: ANN001
+def consume_all(settings, topic: str, expect: int) -> list[tuple[bytes, bytes]]:
     consumer = Consumer({**settings.kafka.client_options(), "group.id": "replay-test",
                          "enable.auto.commit": False})
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions

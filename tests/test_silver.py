@@ -50,14 +50,14 @@ SILVER_ENV = {
 }
 
 
-def table_rows(settings, table: str, columns: list[str] | None = None) -> list[dict]:  # noqa: ANN001
+def table_rows(settings, table: str, columns: list[str] | None = None) -> list[dict]:
     path = settings.table_path(table)
     if not DeltaTable.is_deltatable(path):
         return []
     return DeltaTable(path).to_pyarrow_table(columns=columns).to_pylist()
 
 
-def wait_for_progress_rows(settings, timeout_s: float = 30) -> None:  # noqa: ANN001
+def wait_for_progress_rows(settings, timeout_s: float = 30) -> None:
     """The progress listener writes asynchronously: wait until every batch has its row."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -70,7 +70,7 @@ def wait_for_progress_rows(settings, timeout_s: float = 30) -> None:  # noqa: AN
 
 
 @pytest.fixture(scope="module")
-def bronze_run(spark, broker, tmp_path_factory):  # noqa: ANN001, ANN201
+def bronze_run(spark, broker, tmp_path_factory):
     """A simulated class with every bad-input kind, landed in bronze (shared by the tests)."""
     root = tmp_path_factory.mktemp("silver")
     env = {**topic_prefix_env(), **SILVER_ENV}
@@ -88,7 +88,7 @@ def bronze_run(spark, broker, tmp_path_factory):  # noqa: ANN001, ANN201
     return settings, summary, kinds, env
 
 
-def test_silver_accounts_for_every_bronze_record(spark, bronze_run) -> None:  # noqa: ANN001
+def test_silver_accounts_for_every_bronze_record(spark, bronze_run) -> None:
     settings, summary, kinds, _ = bronze_run
     recorder = ProgressRecorder(spark, settings)
     spark.streams.addListener(recorder)
@@ -145,7 +145,7 @@ def test_silver_accounts_for_every_bronze_record(spark, bronze_run) -> None:  # 
 
 @pytest.mark.e2e
 @pytest.mark.fault
-def test_silver_sigkill_mid_batch_then_restart(bronze_run, tmp_path: Path) -> None:  # noqa: ANN001
+def test_silver_sigkill_mid_batch_then_restart(bronze_run, tmp_path: Path) -> None:
     settings, summary, _, env = bronze_run
     root = tmp_path / "root"
     for part in ("bronze", "dim"):

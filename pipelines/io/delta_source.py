@@ -2,7 +2,8 @@
 
 Lets silver read bronze as a stream without the delta-spark jar, like
 `spark.readStream.format("delta")` does in the `cluster` profile. The offset is the last table
-version processed ({"table": path, "version": v}); each micro-batch reads the rows appended by the versions
+version processed ({"table": path, "version": v}); each micro-batch reads the rows appended
+by the versions
 after it, one Spark partition per version: the executors read the Parquet files that version's
 `_delta_log` commit added. Append-only tables only (bronze is): a version that removes data is an
 error; compaction (`dataChange: false`) is skipped.
@@ -69,7 +70,7 @@ class DeltaStreamReader(DataSourceStreamReader):
             return -1
         return DeltaTable(self.path).version()
 
-    def initialOffset(self) -> dict:  # noqa: N802 - Spark's API name
+    def initialOffset(self) -> dict:
         self._last_end = -1
         return self.offset(-1)
 
@@ -78,7 +79,7 @@ class DeltaStreamReader(DataSourceStreamReader):
         its sources' entries apart in the offset log."""
         return {"table": self.path, "version": version}
 
-    def latestOffset(self) -> dict:  # noqa: N802
+    def latestOffset(self) -> dict:
         start = self._last_end if self._last_end is not None else -1
         end = min(self._table_version(), start + self.max_versions)
         self._last_end = max(end, start)
@@ -114,5 +115,5 @@ class DeltaRsStreamSource(DataSource):
     def schema(self) -> StructType:
         raise DeltaSourceError("give the table schema: readStream.schema(...)")
 
-    def streamReader(self, schema: StructType) -> DeltaStreamReader:  # noqa: N802
+    def streamReader(self, schema: StructType) -> DeltaStreamReader:
         return DeltaStreamReader(schema, self.options)

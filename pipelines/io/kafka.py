@@ -62,8 +62,9 @@ def caught_up(progress_end: object, target: Mapping[str, object]) -> bool:
         if isinstance(want, Mapping):
             if not caught_up(have, want):
                 return False
-        elif isinstance(want, int) and (have is None or int(have) < want):
-            return False
-        elif not isinstance(want, int) and have != want:
+        elif isinstance(want, int):
+            if have is None or int(have) < want:
+                return False
+        elif have != want:
             return False
     return True

@@ -56,16 +56,16 @@ class ProgressRecorder(StreamingQueryListener):
         self.settings = settings
         self.writer = delta_writer(settings)
 
-    def onQueryStarted(self, event) -> None:  # noqa: ANN001, N802 - Spark's API
+    def onQueryStarted(self, event) -> None:
         pass
 
-    def onQueryIdle(self, event) -> None:  # noqa: ANN001, N802
+    def onQueryIdle(self, event) -> None:
         pass
 
-    def onQueryTerminated(self, event) -> None:  # noqa: ANN001, N802
+    def onQueryTerminated(self, event) -> None:
         pass
 
-    def onQueryProgress(self, event) -> None:  # noqa: ANN001, N802
+    def onQueryProgress(self, event) -> None:
         progress = json.loads(event.progress.json)
         if not progress.get("numInputRows") and not progress.get("stateOperators"):
             return

@@ -39,7 +39,7 @@ def replay_rejects(settings: Settings, *, reason: str | None, since: datetime | 
     producer = Producer({**settings.kafka.client_options(), "linger.ms": 20, "acks": "all"})
     failures: list[str] = []
 
-    def delivered(err, _msg) -> None:  # noqa: ANN001
+    def delivered(err, _msg) -> None:
         if err is not None:
             failures.append(str(err))
 

@@ -18,7 +18,8 @@ def await_query(query: StreamingQuery, *, console: Console | None = None,
 
     `until_offsets` gives `--once` its meaning for a rate-limited source: process what was
     available at the start, in as many capped micro-batches as it takes, then stop between
-    batches. Several targets (one per source of a union) must all be reached. Prints one line per batch. Returns (micro-batches, input rows); a failed query
+    batches. Several targets (one per source of a union) must all be reached. Prints one line
+    per batch. Returns (micro-batches, input rows); a failed query
     raises its exception.
     """
     targets = [until_offsets] if isinstance(until_offsets, Mapping) else until_offsets

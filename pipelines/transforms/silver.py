@@ -47,7 +47,8 @@ def flag_unnatural_timestamps(max_ahead_s: float, max_behind_s: float) -> Transf
         f"make_dt_interval(0, 0, 0, {max_behind_s})")
 
     def apply(df: DataFrame) -> DataFrame:
-        return (df.transform(_reject_when(ahead, "unnatural_timestamp", "event_time:ahead_of_broker"))
+        return (df.transform(_reject_when(ahead, "unnatural_timestamp",
+                                          "event_time:ahead_of_broker"))
                   .transform(_reject_when(behind, "unnatural_timestamp",
                                           "event_time:too_far_behind_broker")))
 

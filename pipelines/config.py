@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "LAKEHOUSE__"
 SECRET_KEYS = frozenset({"sasl_password", "password", "postgres_password"})
@@ -209,10 +217,17 @@ class SilverSource(StrEnum):
 
 class SilverConfig(_Model):
     source: SilverSource = SilverSource.BRONZE
-    dedup_window_s: float = Field(600, gt=0)  # broker-time horizon of event_id dedup state
-    lateness_s: float = Field(120, ge=0)  # event-time watermark delay; older rows are `late`
+    dedup_window_s: float = Field(300, gt=0)  # watermark delay of the event_id dedup state
+    lateness_s: float = Field(60, ge=0)  # our event-time watermark delay; older rows are `late`
     max_clock_ahead_s: float = Field(300, gt=0)  # client clock ahead of broker: unnatural
-    max_clock_behind_s: float = Field(86_400, gt=0)  # event older than this at receipt: unnatural
+    max_clock_behind_s: float = Field(240, gt=0)  # event older than this at receipt: unnatural
+
+    @model_validator(mode="after")
+    def _dedup_outlasts_clock_tolerance(self) -> SilverConfig:
+        if self.max_clock_behind_s >= self.dedup_window_s:
+            raise ValueError("max_clock_behind_s must be below dedup_window_s, or Spark's dedup "
+                             "would drop natural events as late instead of the ledger keeping them")
+        return self
     filtered_users: list[str] = Field(default_factory=list)  # test accounts, internal users
     max_versions_per_trigger: int = Field(10, ge=1)  # bronze commits per silver micro-batch
 

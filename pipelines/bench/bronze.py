@@ -95,7 +95,8 @@ also split by process: the Python driver, the JVM, the Python workers running ta
 Python processes (Spark's data source planners and the streaming source runner) and the broker.
 Each
 non-Spark stage runs in a fresh process, so its peak RSS is its own. Spark memory: the Python
-driver's `ru_maxrss`, the JVM's `VmHWM` (/proc), and the sampled peak of all Python workers.
+driver's `ru_maxrss`, the JVM's `VmHWM` (/proc), and the sampled peak of all Python workers
+together (PSS: forked workers share pages).
 Every stage stops with an error when it sees fewer records than were produced. The load average
 is recorded with each run.
 """
@@ -308,14 +309,17 @@ def run_bronze_bench(settings: Settings, *, events: int = 300_000, output: Path 
 
     `spark`: an existing session to reuse (tests); otherwise one is built before the bronze
     stage and stopped at the end. `trigger_caps`: the `kafka.max_records_per_trigger` values to
-    run bronze with (default 100k and 200k). `repeat`: runs per timed stage, best one kept.
+    run bronze with (default 100k, 200k and the configured one). `repeat`: runs per timed
+    stage, best one kept.
     """
     console = console or Console(stderr=True)
     if settings.kafka.source is not KafkaSourceKind.PYTHON or (
             settings.delta.engine is not DeltaEngine.DELTA_RS):
         raise BenchError("bench bronze measures the local stack (Python Kafka source, delta-rs); "
                          "run it with --profile local")
-    caps = list(dict.fromkeys(trigger_caps or DEFAULT_TRIGGER_CAPS))
+    # The configured cap is measured too: it is what `lakehouse run bronze` will use.
+    caps = list(dict.fromkeys(trigger_caps or (*DEFAULT_TRIGGER_CAPS,
+                                               settings.kafka.max_records_per_trigger)))
     repeat = max(repeat, 1)
     workdir = Path(tempfile.mkdtemp(prefix="lakehouse-bench-"))
     port = _free_port()
@@ -348,7 +352,7 @@ def run_bronze_bench(settings: Settings, *, events: int = 300_000, output: Path 
 
         def stage(name: str, extra: Callable[[int], dict[str, str]] | None = None
                   ) -> StageResult:
-            attempt = iter(range(max(repeat, 1)))
+            attempt = iter(range(repeat))
             best, runs = _best(repeat, lambda: run_isolated(
                 name, **raw, **(extra(next(attempt)) if extra else {})), lambda r: r.rate)
             shown = ", ".join(f"{r.rate:,.0f}" for r in runs)
@@ -494,7 +498,7 @@ def memory_rows(report: BronzeBenchReport) -> list[tuple[str, str]]:
         ("plain loop process", _mib(report.plain.peak_rss_bytes)),
         ("bronze: Python driver (ru_maxrss)", _mib(mem.driver_python)),
         ("bronze: JVM (VmHWM)", _mib(mem.jvm)),
-        ("bronze: Python workers (sampled peak, all together)", _mib(mem.python_workers)),
+        ("bronze: Python workers (sampled peak PSS, all together)", _mib(mem.python_workers)),
         ("bronze: total", _mib(mem.driver_python + (mem.jvm or 0) + (mem.python_workers or 0))),
     ]
 

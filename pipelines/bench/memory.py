@@ -1,7 +1,8 @@
 """Memory and CPU of the Spark side of a bench: the Python driver, its JVM, the Python workers.
 
 The driver's own high-water mark is `ru_maxrss`; the JVM's is `VmHWM` in /proc (the kernel's
-peak RSS of that process). Python workers come and go, so their peak is sampled while a query runs.
+peak RSS of that process). Python workers come and go, so their peak is sampled while a query runs
+(as PSS, since forked workers share pages).
 CPU seconds of the whole process tree tell what a run cost even when other work on a shared
 machine stretched its wall time.
 """
@@ -98,11 +99,16 @@ class SparkMemory:
 
     driver_python: int
     jvm: int | None
-    python_workers: int | None  # sampled peak of all Python workers together
+    python_workers: int | None  # sampled peak of all Python workers together (PSS)
 
 
 class WorkerSampler:
-    """Samples the summed RSS of the JVM's Python workers in a thread (`with` block)."""
+    """Samples the summed memory of the JVM's Python workers in a thread (`with` block).
+
+    Workers are forked from one daemon and share pages, so their RSS would count those pages
+    once per worker: PSS (each shared page split among its sharers) is summed where the platform
+    has it, RSS elsewhere.
+    """
 
     def __init__(self, interval_s: float = 0.25) -> None:
         self.interval_s = interval_s
@@ -118,6 +124,13 @@ class WorkerSampler:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    @staticmethod
+    def _footprint(proc: psutil.Process) -> int:
+        try:
+            return int(proc.memory_full_info().pss)
+        except (AttributeError, psutil.AccessDenied):
+            return int(proc.memory_info().rss)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             jvm = jvm_process()
@@ -126,7 +139,7 @@ class WorkerSampler:
                 with contextlib.suppress(psutil.Error):
                     for worker in jvm.children(recursive=True):
                         with contextlib.suppress(psutil.Error):
-                            total += worker.memory_info().rss
+                            total += self._footprint(worker)
                 self.peak = max(self.peak or 0, total)
             self._stop.wait(self.interval_s)
 

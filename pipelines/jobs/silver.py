@@ -6,16 +6,18 @@ Plan of the streaming query (pure transforms, then one foreachBatch sink):
       -> parse_and_validate            contract: JSON parsed in the JVM, reason per record
       -> flag_unnatural_timestamps     client clock vs broker clock
       -> flag_filtered_users           test accounts, internal users
-      -> withWatermark(kafka_timestamp) + dropDuplicatesWithinWatermark(dedup_key)
+      -> withWatermark(dedup_time) + dropDuplicatesWithinWatermark(dedup_key)
       -> foreachBatch: event-time watermark -> `late`, split, enrich, write (exactly once)
 
-Why dedup runs on broker time, not event time: Spark's stateful operators drop rows behind the
-watermark and only count them, and the contract says late events must be kept. Broker time
-only moves forward, so the dedup operator drops (nearly) nothing as late, its state stays
-bounded by `silver.dedup_window_s`, and what it does drop is still counted in
-`ops.stream_progress`. Lateness against the *event-time* watermark (Spark's rule: newest event
-time of earlier batches minus `silver.lateness_s`) is decided in the batch, where the late rows
-can go to `silver.rejects` with the watermark they missed.
+Why lateness is not left to Spark: stateful operators drop rows behind the watermark and only
+count them, and the contract says late events must be kept. So the dedup operator's watermark
+(`dedup_time`: event time capped at broker time; broker time for rejected rows) trails by
+`silver.dedup_window_s`, longer than both the lateness delay and the clock tolerance
+(`max_clock_behind_s`, checked before it): an event behind it is already `unnatural_timestamp`
+and so keyed on broker time. Lateness itself (Spark's rule: the newest accepted `dedup_time` of
+earlier batches minus `silver.lateness_s`) is decided in the batch, where late rows go to
+`silver.rejects` with the watermark they missed. What the dedup operator still drops (only an
+input whose broker time lags the stream by minutes) is counted in `ops.stream_progress`.
 
 Every table write carries the streaming transaction (query id, batch id): a replayed batch
 re-derives the same rows and skips every table that already has them.
@@ -181,7 +183,7 @@ def start_silver(spark: SparkSession, settings: Settings, *, once: bool) -> Runn
 
             target = {"table": bronze_path, "version": DeltaTable(bronze_path).version()}
     deduped = (source.transform(silver_input(settings))
-               .withWatermark("kafka_timestamp", f"{int(cfg.dedup_window_s)} seconds")
+               .withWatermark("dedup_time", f"{int(cfg.dedup_window_s)} seconds")
                .dropDuplicatesWithinWatermark(["dedup_key"]))
     sink = SilverBatchWriter(settings, checkpoint)
     query = (deduped.writeStream.queryName("silver")

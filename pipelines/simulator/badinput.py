@@ -143,7 +143,8 @@ class BadInputInjector:
             else:  # or days behind
                 event["event_time"] -= 2 * DAY_MS + rng.randrange(28 * DAY_MS)
         elif kind is BadKind.LATE:  # well behind its neighbours, yet a plausible clock
-            event["event_time"] -= 10 * MINUTE_MS + rng.randrange(5 * MINUTE_MS)
+            # 2-3 minutes: past silver's lateness (60 s), within its clock tolerance (240 s).
+            event["event_time"] -= 2 * MINUTE_MS + rng.randrange(MINUTE_MS)
         return _dumps(event)
 
     def _malformed(self, value: bytes) -> bytes:

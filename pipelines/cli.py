@@ -168,6 +168,20 @@ def bench_bronze(
     run_bronze_bench(settings(), events=events, output=output, console=console)
 
 
+@bench_app.command("silver")
+def bench_silver(
+    classrooms: Annotated[int, typer.Option(min=1)] = 100,
+    duration: Annotated[float, typer.Option(min=10, help="Simulated seconds.")] = 600,
+    output: Annotated[Path, typer.Option(help="Markdown file to append results to.")] = Path(
+        "docs/BENCHMARKS.md"),
+) -> None:
+    """bronze -> silver rate beside the bronze rate in one run, and dedup state per batch."""
+    from pipelines.bench.silver import run_silver_bench
+
+    run_silver_bench(settings(), classrooms=classrooms, duration_s=duration, output=output,
+                     console=console)
+
+
 # ---------------------------------------------------------------------------- demo
 @app.command()
 def demo(

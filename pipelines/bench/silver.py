@@ -1,0 +1,144 @@
+"""`lakehouse bench silver`: bronze -> silver rate beside the bronze rate, and dedup state size.
+
+One run, one broker, one Spark session: simulate a class (every bad-input kind included),
+land it in bronze, then run silver over it. Rates exclude Spark start-up: they are input rows
+over the summed micro-batch durations from the query progress (`ops.stream_progress`). The
+state rows per batch show whether the dedup state stays flat once the simulated time is longer
+than the dedup window.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from deltalake import DeltaTable
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.broker import EmbeddedBroker
+from pipelines.config import Settings, load_settings
+from pipelines.jobs.bronze import start_bronze
+from pipelines.jobs.progress import PROGRESS_TABLE, ProgressRecorder
+from pipelines.jobs.runner import await_query
+from pipelines.jobs.silver import start_silver
+from pipelines.simulator.run import run_simulation
+from pipelines.spark import build_spark
+
+
+@dataclass
+class StageRate:
+    name: str
+    rows: int
+    busy_s: float
+    batches: int
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.busy_s if self.busy_s else 0.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stage(progress: list[dict], name: str) -> StageRate:
+    rows = [p for p in progress if p["query_name"] == name and p["input_rows"]]
+    return StageRate(name, sum(p["input_rows"] for p in rows),
+                     sum(p["batch_duration_ms"] for p in rows) / 1000, len(rows))
+
+
+def run_silver_bench(base: Settings, *, classrooms: int, duration_s: float,
+                     output: Path | None, console: Console) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-silver-") as tmp:
+        env = {**os.environ, "LAKEHOUSE_ROOT": tmp, "LAKEHOUSE__BROKER__PORT": str(_free_port()),
+               "LAKEHOUSE__BROKER__STORAGE": "memory://tansu/"}
+        settings = load_settings(base.profile.value, environ=env)
+        broker = EmbeddedBroker(settings, environ=env)
+        broker.start()
+        spark = None
+        try:
+            summary = run_simulation(settings, classrooms=classrooms, duration_s=duration_s,
+                                     seed=7)
+            spark = build_spark(settings, app_name="bench-silver")
+            spark.streams.addListener(ProgressRecorder(spark, settings))
+            for start in (start_bronze, start_silver):
+                job = start(spark, settings, once=True)
+                await_query(job.query, until_offsets=job.until_offsets)
+            progress = _wait_progress(settings)
+        finally:
+            if spark is not None:
+                spark.stop()
+            broker.stop(kill=True)
+    bronze, silver = _stage(progress, "bronze"), _stage(progress, "silver")
+    state = [p["state_rows"] for p in sorted(progress, key=lambda p: p["batch_id"])
+             if p["query_name"] == "silver" and p["input_rows"]]
+    table = Table(title=f"bench silver: {summary.total:,} events, {classrooms} classrooms x "
+                        f"{duration_s:g} simulated s")
+    for column in ("stage", "rows", "batches", "busy s", "rows/s"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for stage in (bronze, silver):
+        table.add_row(stage.name, f"{stage.rows:,}", str(stage.batches), f"{stage.busy_s:.1f}",
+                      f"{stage.rate:,.0f}")
+    console.print(table)
+    ratio = silver.rate / bronze.rate if bronze.rate else 0.0
+    console.print(f"silver / bronze rate: {ratio:.2f} (goal >= 0.5)")
+    console.print(f"dedup state rows per silver batch: {_state_summary(state)}")
+    if output is not None:
+        _append_markdown(output, summary.total, classrooms, duration_s, bronze, silver, ratio,
+                         state)
+
+
+_PROGRESS_COLUMNS = ["query_name", "batch_id", "input_rows", "batch_duration_ms", "state_rows"]
+
+
+def _wait_progress(settings: Settings, timeout_s: float = 60) -> list[dict]:
+    """Progress rows once the (asynchronous) listener has written silver's."""
+    import time
+
+    path = settings.table_path(PROGRESS_TABLE)
+
+    def read() -> list[dict]:
+        if not DeltaTable.is_deltatable(path):
+            return []
+        return DeltaTable(path).to_pyarrow_table(columns=_PROGRESS_COLUMNS).to_pylist()
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not any(r["query_name"] == "silver" for r in read()):
+        time.sleep(1)
+    time.sleep(2)  # the listener may still be writing the last batch
+    return read()
+
+
+def _state_summary(state: list[int]) -> str:
+    if not state:
+        return "no stateful batches"
+    quarters = [state[min(len(state) - 1, i * len(state) // 4)] for i in range(4)] + [state[-1]]
+    return (f"{len(state)} batches; at 0/25/50/75/100%: "
+            + ", ".join(f"{s:,}" for s in quarters)
+            + f"; max {max(state):,}, median {statistics.median(state):,.0f}")
+
+
+def _append_markdown(output: Path, events: int, classrooms: int, duration_s: float,
+                     bronze: StageRate, silver: StageRate, ratio: float, state: list[int]) -> None:
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "", f"## bench silver — {when}", "",
+        f"Command: `lakehouse bench silver --classrooms {classrooms} --duration {duration_s:g}`"
+        f" ({events:,} simulated events, every bad-input kind; {os.cpu_count()} cores).", "",
+        "| stage | rows | micro-batches | busy s | rows/s |", "|---|---:|---:|---:|---:|",
+        *(f"| {s.name} | {s.rows:,} | {s.batches} | {s.busy_s:.1f} | {s.rate:,.0f} |"
+          for s in (bronze, silver)),
+        "", f"Silver / bronze rate in the same run: **{ratio:.2f}** (goal: 0.5 or more).", "",
+        f"Dedup state rows per silver batch: {_state_summary(state)}.", "",
+    ]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("a") as handle:
+        handle.write("\n".join(lines))

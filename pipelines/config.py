@@ -218,7 +218,7 @@ class SilverSource(StrEnum):
 class SilverConfig(_Model):
     source: SilverSource = SilverSource.BRONZE
     dedup_window_s: float = Field(300, gt=0)  # watermark delay of the event_id dedup state
-    lateness_s: float = Field(60, ge=0)  # our event-time watermark delay; older rows are `late`
+    lateness_s: float = Field(90, ge=0)  # our event-time watermark delay; older rows are `late`
     max_clock_ahead_s: float = Field(300, gt=0)  # client clock ahead of broker: unnatural
     max_clock_behind_s: float = Field(240, gt=0)  # event older than this at receipt: unnatural
 

@@ -71,10 +71,15 @@ def help_stream(spark: SparkSession, settings: Settings, checkpoint: str) -> Dat
         kafka = settings.kafka.model_copy(
             update={"max_records_per_trigger": cfg.max_records_per_trigger})
         settings = settings.model_copy(update={"kafka": kafka})
+    tick_topic = settings.kafka_topic(cfg.tick_topic)
+    # The watermark sees valid records and ticks; validation runs before it because Spark
+    # pushes a filter that does not use the event-time column below the watermark anyway.
+    delay = f"{int(cfg.watermark_delay_s * 1000)} milliseconds"
     signals = (read_kafka_stream(spark, settings, topics, checkpoint=checkpoint)
                .transform(kafka_to_bronze)
-               .withWatermark("kafka_timestamp", f"{int(cfg.watermark_delay_s * 1000)} milliseconds")
                .transform(parse_and_validate)
+               .where(F.col("reject_reason").isNull() | (F.col("topic") == tick_topic))
+               .withWatermark("kafka_timestamp", delay)
                .transform(help_signals(cfg.rules)))
     if cfg.engine is HelpEngine.JOIN:
         return (signals.transform(join_requests_with_evidence(cfg))
@@ -243,8 +248,8 @@ class HelpJob:
     query: StreamingQuery
     sink: HelpTagSink
     ticker: Ticker
-    until_offsets: dict[str, dict[str, int]] | None  # `--once`: stop after these ...
-    flush_until_ms: int | None  # ... and once the watermark passed this
+    until_offsets: dict[str, dict[str, int]] | None  # `--once`: read up to these, then ...
+    flush_horizon_ms: int  # ... wait for the watermark to pass the newest record + this
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -256,21 +261,21 @@ def start_help(spark: SparkSession, settings: Settings, *, once: bool) -> HelpJo
                    settings.kafka_topic(cfg.tags_topic): settings.topic(cfg.tags_topic).partitions
                    if any(t.name == cfg.tags_topic for t in settings.topics) else 1})
     checkpoint = settings.checkpoint_path("help")
-    target = flush_ms = None
+    target = None
     if once:
         target = kafka_end_offsets(settings, [settings.kafka_topic(t) for t in HELP_TOPICS])
-        flush_ms = _now_ms() + _flush_horizon_ms(settings)
     sink = HelpTagSink(settings, checkpoint)
     query = (help_stream(spark, settings, checkpoint).writeStream.queryName("help")
              .option("checkpointLocation", checkpoint)
              .foreachBatch(sink)
              .trigger(processingTime=f"{int(cfg.trigger_seconds * 1000)} milliseconds")
              .start())
-    return HelpJob(query, sink, Ticker(settings).start(), target, flush_ms)
+    return HelpJob(query, sink, Ticker(settings).start(), target, _flush_horizon_ms(settings))
 
 
-def _watermark_ms(progress: dict) -> int | None:
-    value = (progress.get("eventTime") or {}).get("watermark")
+def _event_time_ms(progress: dict, key: str) -> int | None:
+    """`eventTime.<key>` (watermark, max, ...) of a query progress, in epoch ms."""
+    value = (progress.get("eventTime") or {}).get(key)
     if not value:
         return None
     return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
@@ -280,10 +285,14 @@ def await_help(job: HelpJob, *, console: Console | None = None, poll_s: float = 
                ) -> tuple[int, int]:
     """Run until Ctrl-C, or (`--once`) until the backlog is read and every window closed.
 
+    A window closes when the watermark passes the request's broker time + window_after_s, so
+    `--once` waits, after reading the backlog, until the ticks have moved the watermark past
+    the newest record read + that horizon. Records stamped ahead of the wall clock (a
+    simulation faster than real time) make it wait until the clock gets there.
     Returns (micro-batches with input, input rows); a failed query raises its exception.
     """
     query, seen, batches, rows = job.query, -1, 0, 0
-    read_all = job.until_offsets is None
+    read_all, newest, flush_until = False, 0, None
     try:
         while query.isActive:
             query.awaitTermination(poll_s)
@@ -297,12 +306,16 @@ def await_help(job: HelpJob, *, console: Console | None = None, poll_s: float = 
                     console.print(f"[dim]help batch {seen}: {n:,} rows, "
                                   f"{progress['durationMs'].get('triggerExecution', 0):,} ms, "
                                   f"{job.sink.tags} tags so far[/dim]")
-                if job.until_offsets is not None and not read_all and progress["sources"]:
+                newest = max(newest, _event_time_ms(progress, "max") or 0)
+                if job.until_offsets is None:
+                    continue
+                if not read_all and progress["sources"]:
                     read_all = caught_up(progress["sources"][0].get("endOffset"),
                                          job.until_offsets)
-                wm = _watermark_ms(progress)
-                if (read_all and job.flush_until_ms is not None and wm is not None
-                        and wm >= job.flush_until_ms):
+                    if read_all:
+                        flush_until = newest + job.flush_horizon_ms
+                wm = _event_time_ms(progress, "watermark")
+                if flush_until is not None and wm is not None and wm >= flush_until:
                     query.stop()
                     break
     except KeyboardInterrupt:
@@ -341,14 +354,14 @@ class HelpResult:
     latency: dict[str, float]
 
     def __str__(self) -> str:
-        lat = self.latency
-        return (f"help: {self.batches} micro-batches, {self.rows:,} input rows, {self.tags} tags "
-                f"({self.skipped} already tagged, skipped)\n"
-                f"latency request -> tag (event time): p50 {lat.get('event_p50_ms', 0):,.0f} ms, "
-                f"p95 {lat.get('event_p95_ms', 0):,.0f} ms, p99 {lat.get('event_p99_ms', 0):,.0f} ms"
-                f"\nlatency request -> tag (broker time): p50 {lat.get('broker_p50_ms', 0):,.0f} "
-                f"ms, p95 {lat.get('broker_p95_ms', 0):,.0f} ms, "
-                f"p99 {lat.get('broker_p99_ms', 0):,.0f} ms")
+        lines = [f"help: {self.batches} micro-batches, {self.rows:,} input rows, {self.tags} tags "
+                 f"({self.skipped} already tagged, skipped)"]
+        for kind, label in (("event", "event time"), ("broker", "broker time")):
+            if f"{kind}_p50_ms" in self.latency:
+                p = [self.latency[f"{kind}_p{q}_ms"] for q in (50, 95, 99)]
+                lines.append(f"latency request ({label}) -> tag on Kafka: p50 {p[0]:,.0f} ms, "
+                             f"p95 {p[1]:,.0f} ms, p99 {p[2]:,.0f} ms")
+        return "\n".join(lines)
 
 
 def run_help(spark: SparkSession, settings: Settings, *, once: bool,

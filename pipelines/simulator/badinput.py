@@ -143,7 +143,7 @@ class BadInputInjector:
             else:  # or days behind
                 event["event_time"] -= 2 * DAY_MS + rng.randrange(28 * DAY_MS)
         elif kind is BadKind.LATE:  # well behind its neighbours, yet a plausible clock
-            # 2-3 minutes: past silver's lateness (60 s), within its clock tolerance (240 s).
+            # 2-3 minutes: past silver's lateness (90 s), within its clock tolerance (240 s).
             event["event_time"] -= 2 * MINUTE_MS + rng.randrange(MINUTE_MS)
         return _dumps(event)
 

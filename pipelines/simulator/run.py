@@ -138,6 +138,10 @@ def run_simulation(settings: Settings, *, classrooms: int, duration_s: float, se
                    progress: bool = True, start_ms: int | None = None) -> SimulationSummary:
     """Generate `classrooms` lessons for `duration_s` simulated seconds and produce them.
 
+    Each record carries the simulated send time as its Kafka timestamp (as a real client
+    stamps CreateTime), so a run faster than real time still looks like a live class to the
+    pipeline: broker time and event time advance together, bad clocks stand out.
+
     `rate_multiplier` 0 produces as fast as possible; 1 paces simulated time to the wall
     clock; 2 runs twice as fast. `start_ms` (default: now) is the event_time of simulated
     second 0. The Help ground truth is written even if the run is interrupted.
@@ -182,10 +186,10 @@ def run_simulation(settings: Settings, *, classrooms: int, duration_s: float, se
                         pace_next = sim_ms + PACE_STEP_MS
                         _pace(poll, t0, sim_ms / 1000 / rate_multiplier)
                     try:
-                        produce(kafka_topic[topic], value, key)
+                        produce(kafka_topic[topic], value, key, timestamp=start + sim_ms)
                     except BufferError:  # local queue full: let librdkafka drain, then retry
                         poll(0.05)
-                        produce(kafka_topic[topic], value, key)
+                        produce(kafka_topic[topic], value, key, timestamp=start + sim_ms)
                 per_topic.update(map(_topic, window))
                 kinds.update(map(_kind, window))
                 total += len(window)

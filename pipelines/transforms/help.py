@@ -71,8 +71,9 @@ def signal_conditions(rules: HelpRulesConfig) -> dict[str, Column]:
 def help_signals(rules: HelpRulesConfig) -> Transform:
     """Validated rows -> one row per help.request and one per fired evidence signal.
 
-    Every other row is dropped here. One projection and one explode, no union, so the Kafka
-    source is read once. `kafka_timestamp` keeps its watermark; `*_ms` are plain longs.
+    Every other row (and every rejected one) is dropped here. One projection and one explode,
+    no union, so the Kafka source is read once; and no Filter, which Spark would push below
+    the watermark. `kafka_timestamp` keeps its watermark; `*_ms` are plain longs.
     """
     conditions = signal_conditions(rules)
 
@@ -81,9 +82,10 @@ def help_signals(rules: HelpRulesConfig) -> Transform:
         is_request = (F.col("event_type") == "help.request") & p["help_id"].isNotNull()
         fired = F.filter(F.array(*[F.when(c, F.lit(name)) for name, c in conditions.items()]),
                          lambda s: s.isNotNull())
-        signals = F.when(is_request, F.array(F.lit(REQUEST))).otherwise(fired)
-        return (df.where(F.col("reject_reason").isNull())
-                  .select(F.col("classroom_id"), F.col("kafka_timestamp"),
+        valid = F.col("reject_reason").isNull()
+        signals = (F.when(~valid, F.array().cast("array<string>"))
+                    .when(is_request, F.array(F.lit(REQUEST))).otherwise(fired))
+        return (df.select(F.col("classroom_id"), F.col("kafka_timestamp"),
                           _ms(F.col("kafka_timestamp")).cast("long").alias("kafka_time_ms"),
                           F.col("event_time_ms").cast("long").alias("event_time_ms"),
                           F.col("event_id"), F.col("role"), F.col("lesson_id"),

@@ -17,7 +17,7 @@ import pytest
 from pyspark.sql import SparkSession
 from rich.console import Console
 
-from pipelines.bench.bronze import run_bronze_bench
+from pipelines.bench.bronze import reproduce_command, run_bronze_bench
 from pipelines.bench.events import av_events
 from pipelines.bench.stages import BRONZE_ARROW_SCHEMA, bronze_batch
 from pipelines.config import load_settings
@@ -50,6 +50,15 @@ def test_plain_loop_batch_keeps_non_utf8_bytes() -> None:
     assert table.column("kafka_timestamp").type == pa.timestamp("us", tz="UTC")
 
 
+def test_reproduce_command_keeps_settings_not_secrets() -> None:
+    command = reproduce_command(300_000, {
+        "LAKEHOUSE__SPARK__EXTRA_CONF": "{spark.driver.extraJavaOptions: -XX:+UseParallelGC}",
+        "LAKEHOUSE_ROOT": "/somewhere", "LAKEHOUSE__KAFKA__SASL_PASSWORD": "hunter2",
+        "PATH": "/usr/bin"})
+    assert command == ("LAKEHOUSE__SPARK__EXTRA_CONF='{spark.driver.extraJavaOptions: "
+                       "-XX:+UseParallelGC}' lakehouse bench bronze --events 300000")
+
+
 @pytest.mark.e2e
 def test_bench_bronze_counts_every_record(spark: SparkSession, tmp_path: Path) -> None:
     events = 3000
@@ -73,6 +82,7 @@ def test_bench_bronze_counts_every_record(spark: SparkSession, tmp_path: Path) -
     assert bronze.batches >= 3  # 3000 records at 1000 per trigger
     assert bronze.rate > 0 and bronze.wall_rate > 0
     assert bronze.cpu["jvm"] > 0 and bronze.cpu["python workers"] > 0
+    assert sum(bronze.jvm_threads.values()) > 0
     assert report.memory.driver_python > 0
 
     assert report.profile is not None and report.profile.rows == events
@@ -81,7 +91,7 @@ def test_bench_bronze_counts_every_record(spark: SparkSession, tmp_path: Path) -
 
     text = output.read_text()
     assert text.startswith("# Benchmarks")
-    assert f"`lakehouse bench bronze --events {events}`" in text
+    assert f"lakehouse bench bronze --events {events}`" in text
     assert "bronze cap 1,000 / plain loop" in text
     assert "bench bronze" in out.getvalue()
 

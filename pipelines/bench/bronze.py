@@ -22,10 +22,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import shlex
 import shutil
 import socket
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +38,12 @@ from rich.table import Table
 from pipelines.bench.events import AV_TOPIC
 from pipelines.bench.memory import (
     CPU_KINDS,
+    JVM_THREAD_GROUPS,
     SparkMemory,
     WorkerSampler,
     cpu_by_process,
     cpu_delta,
+    jvm_thread_cpu,
     spark_cpu,
     spark_memory,
 )
@@ -77,15 +79,17 @@ those records:
   bronze.events' columns -> `deltalake.write_deltalake` append every 100,000 records, partitioned
   like bronze. What a user might write instead of Spark.
 - **bronze**: `start_bronze(spark, settings, once=True)` with its own fresh storage root, once
-  per `kafka.max_records_per_trigger` cap, on a Spark session built *and warmed up* (a short
-  bronze run over the same topic) before the clock starts. *sustained* = sum of numInputRows /
-  sum of `durationMs.triggerExecution` over the micro-batches with data; *wall* = N / (end of the
-  last such batch - start of the first). Afterwards the bronze table must hold exactly N rows.
-- **profile** (the first cap): the same source and transform with a foreachBatch that runs, one
-  after another, a `noop`-sink write (the Python source's read on the executors + Arrow into the
-  JVM + transform), `toArrow()` (the same + rows back to Arrow + collect to the Python driver, as
-  the delta-rs writer does) and `write_deltalake`; `toArrow - noop` is the collect. For
-  reference, `read_ranges` (the source's executor code) also runs without Spark.
+  per `kafka.max_records_per_trigger` cap, on a Spark session built *and warmed up* (one full
+  bronze pass over the same records, not counted) before the clock starts. *sustained* = sum of
+  numInputRows / sum of `durationMs.triggerExecution` over the micro-batches with data; *wall* =
+  N / (end of the last such batch - start of the first). Afterwards the bronze table must hold
+  exactly N rows.
+- **profile** (the first cap): the same source and transform with a foreachBatch that splits each
+  micro-batch into *read* (`localCheckpoint(eager=True)`: the Python source's read on the
+  executors, Arrow into the JVM, the transform, rows kept in memory), *collect* (`toArrow()` of
+  those rows into the Python driver, as the delta-rs writer does) and *write*
+  (`write_deltalake`). For reference, `read_ranges` (the source's executor code) also runs
+  without Spark.
 
 Each timed stage runs `repeat` times (default 2) and the best run is reported: on a shared
 machine it is the one least disturbed. *CPU s* is the CPU time the stage used (all threads; for
@@ -114,6 +118,7 @@ class BronzeRun:
     phases_ms: dict[str, int]
     table_rows: int
     cpu: dict[str, float]  # CPU seconds by process kind, query start to stop
+    jvm_threads: dict[str, float]  # the JVM's CPU seconds by thread group (JVM_THREAD_GROUPS)
 
     @property
     def cpu_seconds(self) -> float:
@@ -137,6 +142,7 @@ class BronzeBenchReport:
     events: int
     started_at: str
     repeat: int
+    command: str  # the command line that reproduces the run
     bootstrap: str  # the bench's own broker (stopped by the time the report is returned)
     workdir: str  # its throw-away storage (removed likewise)
     produce: StageResult
@@ -159,12 +165,26 @@ def _free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _bench_settings(profile: str, root: Path, port: int, **extra: str) -> Settings:
-    """Settings for the bench's own broker and a storage root of its own."""
+def _bench_settings(profile: str, root: Path, port: int) -> Settings:
+    """Settings for the bench's own broker (memory storage) and a storage root of its own."""
     env = {**os.environ, "LAKEHOUSE_ROOT": str(root), "LAKEHOUSE__BROKER__PORT": str(port),
            "LAKEHOUSE__BROKER__EMBEDDED": "true",
-           "LAKEHOUSE__BROKER__STORAGE": "memory://tansu/", **extra}
+           "LAKEHOUSE__BROKER__STORAGE": "memory://tansu/"}
     return load_settings(profile, environ=env)
+
+
+def _run_settings(base: Settings, root: Path, cap: int) -> Settings:
+    """`base` with its own storage root and trigger cap, for one bronze run.
+
+    Derived from the settings loaded once at the start rather than loaded again, so a config
+    file edited while the bench runs cannot change (or break) it halfway.
+    """
+    if cap < 1:
+        raise BenchError(f"kafka.max_records_per_trigger must be >= 1, not {cap}")
+    return base.model_copy(update={
+        "storage": base.storage.model_copy(update={"root": str(root)}),
+        "kafka": base.kafka.model_copy(update={"max_records_per_trigger": cap}),
+    })
 
 
 def _offsets(settings: Settings, topic: str) -> dict[str, dict[str, int]]:
@@ -220,6 +240,34 @@ def machine_info() -> dict[str, str]:
     }
 
 
+# Environment that changes what the bench measures, so it belongs in the reproduce line. The
+# storage root and broker port are not: the bench picks its own.
+_REPRO_SKIP = {"LAKEHOUSE_ROOT", "LAKEHOUSE__BROKER__PORT", "LAKEHOUSE__STORAGE__ROOT"}
+
+
+def reproduce_command(events: int, environ: dict[str, str] | None = None) -> str:
+    """The command line that repeats this run, with the LAKEHOUSE settings from the environment
+    (never a secret)."""
+    env = os.environ if environ is None else environ
+    names = sorted(k for k in env if (k.startswith("LAKEHOUSE__") or k in {
+        "LAKEHOUSE_PROFILE", "LAKEHOUSE_CONF_DIR", "LAKEHOUSE_DRIVER_MEMORY"})
+        and k not in _REPRO_SKIP and "PASSWORD" not in k and "SECRET" not in k)
+    prefix = "".join(f"{k}={shlex.quote(env[k])} " for k in names)
+    return f"{prefix}lakehouse bench bronze --events {events}"
+
+
+def jvm_info(spark: SparkSession) -> str:
+    """Java version, heap, garbage collector and -XX flags in force (they set JIT and GC costs)."""
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    management = jvm.java.lang.management.ManagementFactory
+    version = jvm.java.lang.System.getProperty("java.version")
+    gcs = ", ".join(str(b.getName()) for b in management.getGarbageCollectorMXBeans())
+    flags = [str(a) for a in management.getRuntimeMXBean().getInputArguments()
+             if str(a).startswith(("-XX:", "-Xm")) and "IgnoreUnrecognized" not in str(a)]
+    return (f"Java {version}, garbage collectors: {gcs}; JVM flags: "
+            f"{' '.join(flags) or 'defaults'}")
+
+
 def _parse_ts(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
@@ -248,7 +296,7 @@ def run_bronze_once(spark: SparkSession, settings: Settings, expected: int, *,
     from pipelines.jobs.bronze import BRONZE_TABLE, start_bronze
     from pipelines.jobs.runner import await_query
 
-    cpu0 = cpu_by_process(broker_pid)
+    cpu0, threads0 = cpu_by_process(broker_pid), jvm_thread_cpu()
     job = start_bronze(spark, settings, once=True)
     try:
         await_query(job.query, console=console, until_offsets=job.until_offsets, poll_s=0.2)
@@ -256,6 +304,8 @@ def run_bronze_once(spark: SparkSession, settings: Settings, expected: int, *,
         if job.query.isActive:
             job.query.stop()
     cpu = cpu_delta(cpu0, cpu_by_process(broker_pid))
+    threads1 = jvm_thread_cpu()
+    jvm_threads = {k: max(v - threads0.get(k, 0.0), 0.0) for k, v in threads1.items()}
     progress = [p for p in job.query.recentProgress if int(p["numInputRows"]) > 0]
     rows = sum(int(p["numInputRows"]) for p in progress)
     batch_ms = sum(int(p["durationMs"]["triggerExecution"]) for p in progress)
@@ -271,33 +321,7 @@ def run_bronze_once(spark: SparkSession, settings: Settings, expected: int, *,
         raise BenchError(f"bronze (cap {settings.kafka.max_records_per_trigger}) read {rows} "
                          f"rows and its table holds {table_rows}; expected {expected}")
     return BronzeRun(settings.kafka.max_records_per_trigger, rows, len(progress),
-                     batch_ms / 1000, wall, sum_phases(progress), table_rows, cpu)
-
-
-def warm_up(spark: SparkSession, settings: Settings, *, batches: int = 2,
-            timeout_s: float = 300) -> tuple[int, float]:
-    """Run bronze for a few small batches and stop; return (rows, seconds).
-
-    Keeps one-off costs out of the measured runs: Python worker start-up and imports, JIT, the
-    first Delta commit.
-    """
-    from pipelines.jobs.bronze import start_bronze
-
-    started = time.perf_counter()
-    job = start_bronze(spark, settings, once=True)
-    try:
-        while job.query.isActive and time.perf_counter() - started < timeout_s:
-            done = [p for p in job.query.recentProgress if int(p["numInputRows"]) > 0]
-            if len(done) >= batches:
-                break
-            job.query.awaitTermination(0.2)
-    finally:
-        job.query.stop()
-    exc = job.query.exception()
-    if exc is not None:
-        raise BenchError(f"the warm-up bronze run failed: {exc}")
-    rows = sum(int(p["numInputRows"]) for p in job.query.recentProgress)
-    return rows, time.perf_counter() - started
+                     batch_ms / 1000, wall, sum_phases(progress), table_rows, cpu, jvm_threads)
 
 
 # ------------------------------------------------------------------------------ the bench
@@ -368,8 +392,7 @@ def run_bronze_bench(settings: Settings, *, events: int = 300_000, output: Path 
         for path in plain_tables:
             _check_table(path, events, "plain loop")
 
-        bronze_settings = [_bench_settings(profile_name, workdir / f"bronze-{cap}-{i}", port,
-                                           LAKEHOUSE__KAFKA__MAX_RECORDS_PER_TRIGGER=str(cap))
+        bronze_settings = [_run_settings(broker_settings, workdir / f"bronze-{cap}-{i}", cap)
                            for i in range(repeat) for cap in caps]
         if spark is None:
             from pipelines.spark import build_spark
@@ -378,13 +401,14 @@ def run_bronze_bench(settings: Settings, *, events: int = 300_000, output: Path 
             spark = build_spark(bronze_settings[0], app_name="lakehouse-bench")
         runs: list[BronzeRun] = []
         with WorkerSampler() as sampler:
-            warm_cap = max(1, min(20_000, events // 10))
-            warm_rows, warm_s = warm_up(spark, _bench_settings(
-                profile_name, workdir / "warm-up", port,
-                LAKEHOUSE__KAFKA__MAX_RECORDS_PER_TRIGGER=str(warm_cap)))
-            notes.append(f"Not timed: a warm-up bronze run ({warm_rows:,} rows in batches of "
-                         f"{warm_cap:,}, {warm_s:.1f}s) before the measured runs, so Python "
-                         "worker start-up and first-query costs are left out.")
+            # Warm-up, not counted: one full pass, so Python worker start-up, codegen and most
+            # JIT compilation are behind the measured runs (they are, in a long-running job).
+            cold = run_bronze_once(spark, _run_settings(broker_settings, workdir / "warm-up",
+                                                        caps[0]), events, broker_pid=broker_pid)
+            notes.append(f"Warm-up, not counted: a first bronze pass over the same records "
+                         f"(cap {caps[0]:,}) ran at {cold.rate:,.0f} events/s sustained using "
+                         f"{cold.cpu_seconds:.1f} CPU s (JVM {cold.cpu['jvm']:.1f}), "
+                         "with Python worker start-up and JIT compilation in it.")
             for cfg in bronze_settings:  # caps interleaved, so load changes hit them alike
                 run = run_bronze_once(spark, cfg, events, broker_pid=broker_pid)
                 console.print(f"bronze cap {run.max_records_per_trigger:,}: {run.batches} "
@@ -403,8 +427,7 @@ def run_bronze_bench(settings: Settings, *, events: int = 300_000, output: Path 
 
         profiled = source_read = None
         if profile:
-            cfg = _bench_settings(profile_name, workdir / "profile", port,
-                                  LAKEHOUSE__KAFKA__MAX_RECORDS_PER_TRIGGER=str(caps[0]))
+            cfg = _run_settings(broker_settings, workdir / "profile", caps[0])
             console.print(f"profiling micro-batches (cap {caps[0]:,})")
             profiled = profile_bronze_batches(spark, cfg, broker_pid=broker_pid)
             if profiled.rows != events:
@@ -415,10 +438,12 @@ def run_bronze_bench(settings: Settings, *, events: int = 300_000, output: Path 
 
         report = BronzeBenchReport(
             events=events, started_at=started_at, repeat=repeat,
+            command=reproduce_command(events),
             bootstrap=broker_settings.kafka.bootstrap_servers, workdir=str(workdir),
             produce=produce,
             librdkafka=librdkafka, kafka_python=kafka_python, plain=plain, bronze=best_runs,
-            memory=memory, machine={**machine, "spark master": bronze_settings[0].spark.master},
+            memory=memory, machine={**machine, "spark master": bronze_settings[0].spark.master,
+                                    "jvm": jvm_info(spark)},
             profile=profiled, source_read=source_read, load_after=_load(), notes=notes)
     finally:
         try:
@@ -462,7 +487,8 @@ def rate_rows(report: BronzeBenchReport) -> list[tuple[str, ...]]:
         rows.append((name, f"{r.records:,}", f"{r.seconds:.2f}", f"{r.rate:,.0f}", cpu,
                      _per_cpu(r.records, r.cpu_seconds)))
     for run in report.bronze:
-        label = f"bronze, cap {run.max_records_per_trigger:,} ({run.batches} batches)"
+        label = (f"bronze, cap {run.max_records_per_trigger:,} ({run.batches} "
+                 f"batch{'' if run.batches == 1 else 'es'})")
         rows.append((f"{label}, sustained", f"{run.rows:,}", f"{run.batch_seconds:.2f}",
                      f"{run.rate:,.0f}", f"{run.cpu_seconds:.2f}",
                      _per_cpu(run.rows, run.cpu_seconds)))
@@ -522,39 +548,34 @@ def cpu_rows(report: BronzeBenchReport) -> list[tuple[str, ...]]:
                      f"{run.wall_seconds:.2f}", *_cpu_cells(run.cpu)))
     prof = report.profile
     if prof is not None:
-        noop, arrow, write = (prof.pieces[p] for p in PIECES)
-        collect = {k: max(arrow.cpu[k] - noop.cpu[k], 0.0) for k in CPU_KINDS}
-        rows += [
-            ("profile: read + transform (noop)",
-             f"{noop.seconds:.2f}", *_cpu_cells(noop.cpu)),
-            ("profile: collect (toArrow - noop)",
-             f"{max(arrow.seconds - noop.seconds, 0):.2f}", *_cpu_cells(collect)),
-            ("profile: write_deltalake",
-             f"{write.seconds:.2f}", *_cpu_cells(write.cpu)),
-        ]
+        for piece, label in zip(PIECES, PIECE_LABELS, strict=True):
+            rows.append((f"profile: {label}", f"{prof.pieces[piece].seconds:.2f}",
+                         *_cpu_cells(prof.pieces[piece].cpu)))
     return rows
 
 
+def jvm_rows(report: BronzeBenchReport) -> list[tuple[str, ...]]:
+    """(run, JVM CPU s by thread group..., total) for the bronze runs and profiled pieces."""
+    named = [(f"bronze cap {run.max_records_per_trigger:,}", run.jvm_threads)
+             for run in report.bronze]
+    if report.profile is not None:
+        named += [(f"profile: {label}", report.profile.pieces[piece].jvm_threads)
+                  for piece, label in zip(PIECES, PIECE_LABELS, strict=True)]
+    return [(name, *(f"{threads.get(g, 0.0):.2f}" for g in JVM_THREAD_GROUPS),
+             f"{sum(threads.values()):.2f}") for name, threads in named if threads]
+
+
 def breakdown_rows(report: BronzeBenchReport) -> list[tuple[str, ...]]:
-    """(piece, wall s, share, Spark CPU s, share) of what the job does per batch: toArrow+write."""
+    """(piece, wall s, share, Spark CPU s, share) of the profiled micro-batches."""
     prof = report.profile
     if prof is None:
         return []
-    noop, arrow, write = (prof.pieces[p] for p in PIECES)
-    wall = (arrow.seconds + write.seconds) or 1.0
-    cpu = (arrow.spark_cpu + write.spark_cpu) or 1.0
-    collect_s = max(arrow.seconds - noop.seconds, 0.0)
-    collect_cpu = max(arrow.spark_cpu - noop.spark_cpu, 0.0)
-    return [
-        ("source read on the executors, Arrow into the JVM, transform",
-         f"{noop.seconds:.2f}", f"{noop.seconds / wall:.0%}", f"{noop.spark_cpu:.2f}",
-         f"{noop.spark_cpu / cpu:.0%}"),
-        ("rows to Arrow, collect to the Python driver",
-         f"{collect_s:.2f}", f"{collect_s / wall:.0%}", f"{collect_cpu:.2f}",
-         f"{collect_cpu / cpu:.0%}"),
-        ("write_deltalake on the driver", f"{write.seconds:.2f}",
-         f"{write.seconds / wall:.0%}", f"{write.spark_cpu:.2f}", f"{write.spark_cpu / cpu:.0%}"),
-    ]
+    wall = sum(p.seconds for p in prof.pieces.values()) or 1.0
+    cpu = sum(p.spark_cpu for p in prof.pieces.values()) or 1.0
+    return [(label, f"{prof.pieces[piece].seconds:.2f}",
+             f"{prof.pieces[piece].seconds / wall:.0%}", f"{prof.pieces[piece].spark_cpu:.2f}",
+             f"{prof.pieces[piece].spark_cpu / cpu:.0%}")
+            for piece, label in zip(PIECES, PIECE_LABELS, strict=True)]
 
 
 def phase_rows(report: BronzeBenchReport) -> list[tuple[str, str]]:
@@ -569,7 +590,10 @@ def phase_rows(report: BronzeBenchReport) -> list[tuple[str, str]]:
     return rows
 
 
+PIECE_LABELS = ("read on the executors, into the JVM, transform",
+                "rows to Arrow, collect to the Python driver", "write_deltalake on the driver")
 BREAKDOWN_COLUMNS = ("piece", "wall s", "share", "Spark CPU s", "share")
+JVM_COLUMNS = ("run", *JVM_THREAD_GROUPS, "JVM total")
 CPU_COLUMNS = ("what", "wall s", "driver", "JVM", "workers", "planners", "Spark", "broker")
 
 
@@ -597,6 +621,8 @@ def render_tables(report: BronzeBenchReport) -> list[Table]:
             f"{report.profile.rows:,} rows in {report.profile.batches} batches)",
             BREAKDOWN_COLUMNS, breakdown_rows(report)))
     tables.append(_table("CPU seconds by process", CPU_COLUMNS, cpu_rows(report)))
+    if jvm_rows(report):
+        tables.append(_table("JVM CPU seconds by thread", JVM_COLUMNS, jvm_rows(report)))
     tables.append(_table("query progress phases, summed (s)", ("run", "phases"),
                          phase_rows(report)))
     return tables
@@ -615,10 +641,11 @@ def to_markdown(report: BronzeBenchReport) -> str:
     lines = [
         f"## bench bronze, {report.started_at}",
         "",
-        f"- Reproduce: `lakehouse bench bronze --events {report.events}`",
+        f"- Reproduce: `{report.command}`",
         f"- Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory']} RAM, {m['os']}; load average "
         f"(1/5/15 min) {m['load']} at start, {report.load_after} at end",
-        f"- Spark master {m['spark master']}; {m['versions']}",
+        f"- Spark master {m['spark master']}; {m['jvm']}",
+        f"- {m['versions']}",
         f"- {report.produce.records:,} events of {size:.0f} B on average, produced in "
         f"{report.produce.seconds:.1f}s, every delivery confirmed; best of {report.repeat} runs "
         "per stage.",
@@ -636,8 +663,8 @@ def to_markdown(report: BronzeBenchReport) -> str:
     if report.profile is not None:
         prof = report.profile
         lines += [f"Where a bronze micro-batch spends its time (profiled run, cap "
-                  f"{prof.max_records_per_trigger:,}: {prof.rows:,} rows in {prof.batches} "
-                  "batches; shares of toArrow + write, which is what the job does):", "",
+                  f"{prof.max_records_per_trigger:,}: {prof.rows:,} rows in {prof.batches} micro-"
+                  "batches, each split into read / collect / write):", "",
                   *_md_table(BREAKDOWN_COLUMNS, breakdown_rows(report))]
     lines += ["CPU seconds by process: the Python driver, the JVM, the Python workers running "
               "tasks, the planners (other Python processes: Spark's data source planners and "
@@ -645,6 +672,10 @@ def to_markdown(report: BronzeBenchReport) -> str:
               "loop and read_ranges are one process each (in the driver column). Bronze rows "
               "cover the whole query, start to stop; wall is first batch start to last end.",
               "", *_md_table(CPU_COLUMNS, cpu_rows(report))]
+    if jvm_rows(report):
+        lines += ["The JVM's CPU seconds by thread (executor tasks do the work; JIT compilers "
+                  "and GC are the JVM's own overhead):", "",
+                  *_md_table(JVM_COLUMNS, jvm_rows(report))]
     lines += ["Query progress phases, summed over the batches with data (seconds):", "",
               *_md_table(("run", "phases"), phase_rows(report))]
     lines += [f"- {note}" for note in report.notes]

@@ -10,6 +10,7 @@ machine stretched its wall time.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,44 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
 def spark_cpu(delta: dict[str, float]) -> float:
     """The Spark side's CPU seconds in a delta: everything but the broker."""
     return sum(v for k, v in delta.items() if k != "broker")
+
+
+JVM_THREAD_GROUPS = ("executor tasks", "JIT compilers", "GC", "other")
+
+
+def jvm_thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of the Spark JVM's threads, grouped: tasks, JIT, GC, the rest.
+
+    Tells the JVM's own overheads (compiling generated code, collecting garbage) from the work
+    the tasks do. Linux only (/proc/<pid>/task); empty elsewhere.
+    """
+    out = dict.fromkeys(JVM_THREAD_GROUPS, 0.0)
+    jvm = jvm_process()
+    if jvm is None:
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{jvm.pid}/task")
+    except OSError:
+        return {}
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{jvm.pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if name.startswith("Executor task"):
+            group = "executor tasks"
+        elif "CompilerThre" in name:
+            group = "JIT compilers"
+        elif name.startswith(("GC Thread", "G1 ", "VM Thread")):
+            group = "GC"
+        else:
+            group = "other"
+        out[group] += seconds
+    return out
 
 
 def vm_hwm_bytes(pid: int) -> int | None:

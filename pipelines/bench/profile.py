@@ -1,18 +1,18 @@
 """Where a bronze micro-batch spends its time: read, collect to the driver, Delta write.
 
-The bronze job's `addBatch` is one opaque number. This runs the same source and transform with a
-foreachBatch that times the pieces one after another, each as its own Spark action:
+The bronze job's `addBatch` is one opaque number: `DeltaRsWriter.append` runs `toArrow()` (read
+on the executors, transform, collect) and then `write_deltalake`. This runs the same source and
+transform with a foreachBatch that splits the work into three steps, each timed on its own:
 
-- `noop`: the batch written to Spark's `noop` sink: the Python source's `read()` on the executors
-  (librdkafka -> Arrow), the Arrow batches' trip into the JVM and the bronze transform; nothing
-  leaves the JVM;
-- `toArrow`: the same again plus converting the rows back to Arrow and collecting them in the
-  Python driver, as `DeltaRsWriter.append` does; `toArrow - noop` is the collect;
+- `read`: `localCheckpoint(eager=True)`: the Python source's `read()` on the executors
+  (librdkafka -> Arrow), the Arrow batches' trip into the JVM, the bronze transform, and the rows
+  kept in executor memory;
+- `collect`: `toArrow()` of those kept rows: rows back to Arrow, collected in the Python driver;
 - `write`: delta-rs `write_deltalake` of that table on the driver (Parquet + commit).
 
-Each piece records wall seconds and CPU seconds by process (driver, JVM, Python workers, other
-Python, broker); CPU is what to compare on a busy machine. The read runs twice, so the profiled
-run is slower than the bronze job: compare its pieces, not its total.
+Every record is read once, as in the job; keeping the rows costs a little extra in `read`. Each
+piece records wall seconds, CPU seconds by process (driver, JVM, Python workers, other Python,
+broker) and the JVM's CPU by thread group; CPU is what to compare on a busy machine.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
 
-from pipelines.bench.memory import CPU_KINDS, cpu_by_process, cpu_delta
+from pipelines.bench.memory import (
+    CPU_KINDS,
+    JVM_THREAD_GROUPS,
+    cpu_by_process,
+    cpu_delta,
+    jvm_thread_cpu,
+)
 from pipelines.config import Settings
 from pipelines.io.kafka import kafka_end_offsets, read_kafka_stream
 from pipelines.jobs.runner import await_query
@@ -30,7 +36,7 @@ from pipelines.transforms.bronze import BRONZE_PARTITION_COLUMNS, kafka_to_bronz
 
 PROGRESS_PHASES = ("latestOffset", "getBatch", "queryPlanning", "addBatch", "walCommit",
                    "commitOffsets", "triggerExecution")
-PIECES = ("noop", "toArrow", "write")
+PIECES = ("read", "collect", "write")
 
 
 @dataclass
@@ -39,11 +45,15 @@ class Piece:
 
     seconds: float = 0.0
     cpu: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CPU_KINDS, 0.0))
+    jvm_threads: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(JVM_THREAD_GROUPS, 0.0))
 
-    def add(self, seconds: float, cpu: dict[str, float]) -> None:
+    def add(self, seconds: float, cpu: dict[str, float], jvm_threads: dict[str, float]) -> None:
         self.seconds += seconds
         for kind, value in cpu.items():
             self.cpu[kind] += value
+        for group, value in jvm_threads.items():
+            self.jvm_threads[group] += value
 
     @property
     def spark_cpu(self) -> float:
@@ -83,21 +93,27 @@ def profile_bronze_batches(spark: SparkSession, settings: Settings, *,
     path = settings.table_path("bronze.events")
     result = ProfileResult(settings.kafka.max_records_per_trigger)
 
+    def mark() -> tuple[float, dict[str, float], dict[str, float]]:
+        return time.perf_counter(), cpu_by_process(broker_pid), jvm_thread_cpu()
+
     def timed(batch: DataFrame, _batch_id: int) -> None:
-        marks = [(time.perf_counter(), cpu_by_process(broker_pid))]
-        batch.write.format("noop").mode("overwrite").save()
-        marks.append((time.perf_counter(), cpu_by_process(broker_pid)))
-        table = batch.toArrow()
-        marks.append((time.perf_counter(), cpu_by_process(broker_pid)))
+        marks = [mark()]
+        kept = batch.localCheckpoint(eager=True)
+        marks.append(mark())
+        table = kept.toArrow()
+        marks.append(mark())
         if table.num_rows:
             write_deltalake(path, table, mode="append",
                             partition_by=list(BRONZE_PARTITION_COLUMNS))
-        marks.append((time.perf_counter(), cpu_by_process(broker_pid)))
+        marks.append(mark())
+        kept.unpersist()
         if table.num_rows:
             result.rows += table.num_rows
             result.batches += 1
-            for piece, (t0, c0), (t1, c1) in zip(PIECES, marks[:-1], marks[1:], strict=True):
-                result.pieces[piece].add(t1 - t0, cpu_delta(c0, c1))
+            for piece, (t0, c0, j0), (t1, c1, j1) in zip(PIECES, marks[:-1], marks[1:],
+                                                         strict=True):
+                threads = {g: max(v - j0.get(g, 0.0), 0.0) for g, v in j1.items()}
+                result.pieces[piece].add(t1 - t0, cpu_delta(c0, c1), threads)
 
     until = kafka_end_offsets(settings, topics)
     source = read_kafka_stream(spark, settings, topics, checkpoint=checkpoint)

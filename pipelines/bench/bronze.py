@@ -60,7 +60,8 @@ R = TypeVar("R")
 
 _HEADER = """# Benchmarks
 
-Each section below is one run of a `lakehouse bench ...` command, appended by the command itself.
+Each `## bench ...` section below is one run of a `lakehouse bench ...` command, appended by the
+command itself; `###` notes under a run are written by hand.
 
 ## Method: `lakehouse bench bronze`
 
@@ -96,13 +97,12 @@ machine it is the one least disturbed. *CPU s* is the CPU time the stage used (a
 bronze the driver, the JVM and the Python workers together), which other load barely changes;
 *events/CPU-s* is the efficiency that sets the rate on a machine with no spare cores. CPU is
 also split by process: the Python driver, the JVM, the Python workers running tasks, other
-Python processes (Spark's data source planners and the streaming source runner) and the broker.
-Each
-non-Spark stage runs in a fresh process, so its peak RSS is its own. Spark memory: the Python
-driver's `ru_maxrss`, the JVM's `VmHWM` (/proc), and the sampled peak of all Python workers
-together (PSS: forked workers share pages).
-Every stage stops with an error when it sees fewer records than were produced. The load average
-is recorded with each run.
+Python processes (Spark's data source planners and the streaming source runner) and the broker,
+and the JVM's CPU by thread (executor tasks vs JIT compilers vs GC). Each non-Spark stage runs in
+a fresh process, so its peak RSS is its own. Spark memory: the Python driver's `ru_maxrss`, the
+JVM's `VmHWM` (/proc), and the sampled peak of all Python workers together (PSS: forked workers
+share pages). Every stage stops with an error when it sees fewer records than were produced.
+The load average is recorded with each run.
 """
 
 
@@ -296,13 +296,25 @@ def run_bronze_once(spark: SparkSession, settings: Settings, expected: int, *,
     from pipelines.jobs.bronze import BRONZE_TABLE, start_bronze
     from pipelines.jobs.runner import await_query
 
+    # Every batch's progress is needed afterwards; Spark keeps the last 100 by default.
+    retention_key = "spark.sql.streaming.numRecentProgressUpdates"
+    retention = spark.conf.get(retention_key, None)
+    batches_expected = -(-expected // settings.kafka.max_records_per_trigger)
+    spark.conf.set(retention_key, str(max(100, 2 * batches_expected + 10)))
     cpu0, threads0 = cpu_by_process(broker_pid), jvm_thread_cpu()
-    job = start_bronze(spark, settings, once=True)
     try:
-        await_query(job.query, console=console, until_offsets=job.until_offsets, poll_s=0.2)
-    finally:
-        if job.query.isActive:
-            job.query.stop()
+        job = start_bronze(spark, settings, once=True)
+        try:
+            await_query(job.query, console=console, until_offsets=job.until_offsets,
+                        poll_s=0.2)
+        finally:
+            if job.query.isActive:
+                job.query.stop()
+    finally:  # the caller's session gets its setting back
+        if retention is None:
+            spark.conf.unset(retention_key)
+        else:
+            spark.conf.set(retention_key, retention)
     cpu = cpu_delta(cpu0, cpu_by_process(broker_pid))
     threads1 = jvm_thread_cpu()
     jvm_threads = {k: max(v - threads0.get(k, 0.0), 0.0) for k, v in threads1.items()}

@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pyspark.sql import SparkSession
-from pyspark.sql.streaming import StreamingQuery
 from rich.console import Console
 
 from pipelines.config import KafkaSourceKind, Settings
 from pipelines.io.delta import start_delta_stream
 from pipelines.io.kafka import kafka_end_offsets, read_kafka_stream
-from pipelines.jobs.runner import await_query
-from pipelines.spark import build_spark
+from pipelines.jobs.runner import JobResult, RunningJob, run_streaming_job
 from pipelines.transforms.bronze import BRONZE_PARTITION_COLUMNS, kafka_to_bronze
 
 BRONZE_TABLE = "bronze.events"
-
-
-@dataclass
-class RunningJob:
-    query: StreamingQuery
-    until_offsets: dict[str, dict[str, int]] | None  # stop here (`--once`), else run on
-
-
-@dataclass
-class JobResult:
-    job: str
-    batches: int
-    rows: int
-
-    def __str__(self) -> str:
-        return f"{self.job}: {self.batches} micro-batches, {self.rows} input rows"
 
 
 def start_bronze(spark: SparkSession, settings: Settings, *, once: bool) -> RunningJob:
@@ -50,10 +30,6 @@ def start_bronze(spark: SparkSession, settings: Settings, *, once: bool) -> Runn
 
 
 def run_bronze_job(settings: Settings, *, once: bool, console: Console | None = None) -> JobResult:
-    spark = build_spark(settings, app_name="lakehouse-bronze")
-    try:
-        job = start_bronze(spark, settings, once=once)
-        batches, rows = await_query(job.query, console=console, until_offsets=job.until_offsets)
-        return JobResult("bronze", batches, rows)
-    finally:
-        spark.stop()
+    return run_streaming_job(settings, "bronze",
+                             lambda spark, cfg: start_bronze(spark, cfg, once=once),
+                             console=console)

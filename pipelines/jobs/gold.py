@@ -9,9 +9,7 @@ from rich.console import Console
 
 from pipelines.config import Settings
 from pipelines.io.delta import delta_writer, read_delta_stream, start_delta_stream
-from pipelines.jobs.bronze import JobResult, RunningJob
-from pipelines.jobs.runner import await_query
-from pipelines.spark import build_spark
+from pipelines.jobs.runner import JobResult, RunningJob, run_streaming_job
 from pipelines.transforms.gold import (
     av_health,
     classroom_health_1m,
@@ -60,10 +58,7 @@ def start_gold(spark: SparkSession, settings: Settings, *, once: bool,
 
 
 def run_gold_job(settings: Settings, *, once: bool, console: Console | None = None) -> JobResult:
-    spark = build_spark(settings, app_name="lakehouse-gold")
-    try:
-        job = start_gold(spark, settings, once=once, console=console)
-        batches, rows = await_query(job.query, console=console, until_offsets=job.until_offsets)
-        return JobResult("gold", batches, rows)
-    finally:
-        spark.stop()
+    return run_streaming_job(settings, "gold",
+                             lambda spark, cfg: start_gold(spark, cfg, once=once,
+                                                           console=console),
+                             console=console)

@@ -3,12 +3,54 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
+from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 from rich.console import Console
 
+from pipelines.config import Settings
 from pipelines.io.kafka import caught_up
+
+
+@dataclass
+class RunningJob:
+    query: StreamingQuery
+    # Stop once the sources reach these offsets (`--once`); None: run until stopped.
+    until_offsets: Mapping[str, object] | list[Mapping[str, object]] | None
+
+
+@dataclass
+class JobResult:
+    job: str
+    batches: int
+    rows: int
+
+    def __str__(self) -> str:
+        return f"{self.job}: {self.batches} micro-batches, {self.rows} input rows"
+
+
+StartJob = Callable[[SparkSession, Settings], RunningJob]
+
+
+def run_streaming_job(settings: Settings, name: str, start: StartJob, *,
+                      console: Console | None = None, record_progress: bool = False
+                      ) -> JobResult:
+    """Own a Spark session for one job: start it, wait (see `await_query`), stop the session."""
+    from pipelines.spark import build_spark
+
+    spark = build_spark(settings, app_name=f"lakehouse-{name}")
+    try:
+        if record_progress:
+            from pipelines.jobs.progress import ProgressRecorder
+
+            spark.streams.addListener(ProgressRecorder(spark, settings))
+        job = start(spark, settings)
+        batches, rows = await_query(job.query, console=console, until_offsets=job.until_offsets)
+        return JobResult(name, batches, rows)
+    finally:
+        spark.stop()
 
 
 def await_query(query: StreamingQuery, *, console: Console | None = None,

@@ -42,10 +42,8 @@ from pipelines.io.delta import (
     streaming_query_id,
 )
 from pipelines.io.kafka import kafka_end_offsets, read_kafka_stream
-from pipelines.jobs.bronze import BRONZE_TABLE, JobResult, RunningJob
-from pipelines.jobs.progress import ProgressRecorder
-from pipelines.jobs.runner import await_query
-from pipelines.spark import build_spark
+from pipelines.jobs.bronze import BRONZE_TABLE
+from pipelines.jobs.runner import JobResult, RunningJob, run_streaming_job
 from pipelines.transforms.bronze import kafka_to_bronze
 from pipelines.transforms.silver import (
     ENVELOPE_COLUMNS,
@@ -215,15 +213,9 @@ def silver_report(spark: SparkSession, settings: Settings) -> Table:
 
 
 def run_silver_job(settings: Settings, *, once: bool, console: Console | None = None) -> JobResult:
-    spark = build_spark(settings, app_name="lakehouse-silver")
-    recorder = ProgressRecorder(spark, settings)
-    spark.streams.addListener(recorder)
-    try:
-        job = start_silver(spark, settings, once=once)
-        batches, rows = await_query(job.query, console=console, until_offsets=job.until_offsets)
-        return JobResult("silver", batches, rows)
-    finally:
-        spark.stop()
+    return run_streaming_job(settings, "silver",
+                             lambda spark, cfg: start_silver(spark, cfg, once=once),
+                             console=console, record_progress=True)
 
 
 __all__ = ["run_silver_job", "silver_input", "start_silver"]

@@ -125,6 +125,19 @@ def run_silver(
     console.print(result)
 
 
+@run_app.command("help")
+def run_help(
+    once: Annotated[bool, typer.Option(
+        "--once", help="Tag the Help requests in Kafka now (waiting for their windows to "
+        "close), print the latency percentiles, and stop.")] = False,
+) -> None:
+    """Tag every Help request from Kafka directly: classroom.help.tags + gold.help_tags."""
+    from pipelines.jobs.help import run_help_job
+
+    result = run_help_job(settings(), once=once, console=console)
+    console.print(result)
+
+
 @run_app.command("gold")
 def run_gold(
     once: Annotated[bool, typer.Option(
@@ -166,6 +179,27 @@ def bench_bronze(
     from pipelines.bench.bronze import run_bronze_bench
 
     run_bronze_bench(settings(), events=events, output=output, console=console)
+
+
+@bench_app.command("help")
+def bench_help(
+    classrooms: Annotated[list[int] | None, typer.Option(
+        help="Concurrent lessons of a paced load run (repeat for several; default 50).")] = None,
+    duration: Annotated[float, typer.Option(min=20, help="Seconds of each load run.")] = 120,
+    accuracy_classrooms: Annotated[int, typer.Option(
+        min=0, help="Lessons of the seeded accuracy run (0: skip it).")] = 40,
+    seed: Annotated[int, typer.Option()] = 7,
+    join: Annotated[bool, typer.Option(
+        "--join", help="Also run the stream-stream join variant at the first load.")] = False,
+    output: Annotated[Path, typer.Option(help="Markdown file to append results to.")] = Path(
+        "docs/BENCHMARKS.md"),
+) -> None:
+    """Help tagging: confusion matrix of a seeded run, then latency and rate under load."""
+    from pipelines.bench.help import run_help_bench
+
+    run_help_bench(settings(), loads=classrooms or [50], duration_s=duration,
+                   accuracy_classrooms=accuracy_classrooms, seed=seed, with_join=join,
+                   output=output, console=console)
 
 
 @bench_app.command("silver")

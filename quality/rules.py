@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from schemas.contract import (
@@ -111,64 +111,72 @@ class Rule:
     def is_payload(self) -> bool:
         return self.field.startswith(PAYLOAD_PREFIX)
 
-    def violated(self, fields: FieldLookup) -> Column:
-        """True where the rule is broken. `fields` maps a sibling field name to its columns."""
+    def violated_sql(self, fields: FieldLookup) -> str:
+        """SQL that is true where the rule is broken (null counts as not broken).
+
+        `fields` maps a field name of the same object (a sibling, for `required_when`) to its
+        SQL; validate.py passes raw-JSON probes, `flat_checks` the typed silver columns.
+        """
         spec = self.spec
         assert spec is not None, f"{self.id} is not a field rule"
         this = fields(spec.name)
         if self.kind is Kind.REQUIRED:
-            return ~this.present
+            return f"NOT ({this.present})"
         if self.kind is Kind.CONDITIONAL_REQUIRED:
-            holds = [fields(c.field).text.isin(list(c.values)) for c in spec.required_when]
-            return _all([~this.present, *holds])
+            holds = [f"{fields(c.field).text} IN ({sql_list(c.values)})"
+                     for c in spec.required_when]
+            return " AND ".join([f"NOT ({this.present})", *holds])
         if self.kind is Kind.TYPE:
-            return this.present & ~this.type_ok
+            return f"({this.present}) AND NOT ({this.type_ok})"
         value = this.value
         if self.kind is Kind.ENUM:
-            broken = ~value.isin(list(spec.allowed or ()))
+            broken = f"{value} NOT IN ({sql_list(spec.allowed or ())})"
         elif self.kind is Kind.RANGE:
-            bounds = []
-            if spec.min is not None:
-                bounds.append(value < F.lit(spec.min))
-            if spec.max is not None:
-                bounds.append(value > F.lit(spec.max))
-            broken = _any(bounds)
+            bounds = [f"{value} < {sql_number(spec.min)}" if spec.min is not None else "",
+                      f"{value} > {sql_number(spec.max)}" if spec.max is not None else ""]
+            broken = " OR ".join(b for b in bounds if b)
         elif self.kind is Kind.FORMAT:
-            broken = ~value.rlike(FORMAT_REGEX[spec.format or ""])
+            broken = f"NOT ({value} RLIKE r'{FORMAT_REGEX[spec.format or '']}')"
         elif self.kind is Kind.NONEMPTY:
-            broken = F.length(value) == 0
+            broken = f"length({value}) = 0"
         else:
             raise ValueError(f"{self.id}: {self.kind} has no per-record check")
-        return this.type_ok & broken
+        return f"({this.type_ok}) AND ({broken})"
+
+    def violated(self, fields: FieldLookup) -> Column:
+        return F.expr(self.violated_sql(fields))
 
 
 @dataclass(frozen=True, slots=True)
 class FieldValue:
-    """A field as Spark columns: the typed value (null when absent or of the wrong type),
-    whether the JSON value is there and not null, whether it has the contract type, and its
-    text when the JSON value is a string (what `required_when` conditions compare)."""
+    """A field as Spark SQL expressions: the typed value (null when absent or of the wrong
+    type), whether the JSON value is there and not null, whether it has the contract type, and
+    its text when the JSON value is a string (what `required_when` conditions compare)."""
 
-    value: Column
-    present: Column
-    type_ok: Column
-    text: Column
+    value: str
+    present: str
+    type_ok: str
+    text: str
 
 
 FieldLookup = Callable[[str], FieldValue]
 
 
-def _all(cols: Sequence[Column]) -> Column:
-    out = cols[0]
-    for col in cols[1:]:
-        out = out & col
-    return out
+def sql_string(value: str) -> str:
+    """A Spark SQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _any(cols: Sequence[Column]) -> Column:
-    out = cols[0]
-    for col in cols[1:]:
-        out = out | col
-    return out
+def sql_list(values: Sequence[str | int]) -> str:
+    return ", ".join(sql_string(v) if isinstance(v, str) else str(v) for v in values)
+
+
+def sql_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def sql_ident(name: str) -> str:
+    return f"`{name}`"
 
 
 # ------------------------------------------------------------------------------------ catalog
@@ -263,9 +271,9 @@ def flat_lookup(event_type: str, prefix: str = "") -> FieldLookup:
         specs = {s.name: s for s in ENVELOPE_FIELDS}
 
     def lookup(name: str) -> FieldValue:
-        col = F.col(flat_column(prefix + name))
-        text = col if specs[name].type == "string" else F.lit(None).cast("string")
-        return FieldValue(col, col.isNotNull(), col.isNotNull(), text)
+        col = sql_ident(flat_column(prefix + name))
+        text = col if specs[name].type == "string" else "CAST(NULL AS STRING)"
+        return FieldValue(col, f"{col} IS NOT NULL", f"{col} IS NOT NULL", text)
 
     return lookup
 
@@ -278,43 +286,41 @@ def version_gate(rule: Rule) -> list[int] | None:
     return None if list(rule.versions) == supported else list(rule.versions)
 
 
-def flat_checks(event_type: str) -> list[tuple[Rule, Column]]:
-    """(rule, violated) for every rule GE can also check on a flattened frame of `event_type`.
+def flat_checks(event_type: str) -> list[tuple[Rule, str]]:
+    """(rule, SQL true where broken) for every rule GE also checks on a flattened frame.
 
-    Record, type and known-event-type rules are settled by parsing and have no typed form.
-    `event_id:unique` uses a window over the frame, so it is a batch check (the stream
-    deduplicates within its watermark instead).
+    Record, type and known-event-type rules are settled by parsing and have no typed form, nor
+    has `payload:required` (flattened frames have no payload object). `event_id:unique` is a
+    window over the frame, so a batch check (the stream deduplicates within its watermark).
     """
     envelope, payload = flat_lookup(event_type), flat_lookup(event_type, PAYLOAD_PREFIX)
-    out: list[tuple[Rule, Column]] = []
+    out: list[tuple[Rule, str]] = []
     for rule in rules_for(event_type):
+        col = sql_ident(rule.column)
         if rule.kind in (Kind.JSON, Kind.OBJECT, Kind.TYPE, Kind.KNOWN_EVENT_TYPE):
             continue
-        if rule.field == "payload":  # an object-level rule; flattened frames have no payload
+        if rule.field == "payload":
             continue
         if rule.kind is Kind.UNIQUE:
-            col = F.col(rule.column)
-            dup = col.isNotNull() & (F.count(F.lit(1)).over(Window.partitionBy(col)) > 1)
-            out.append((rule, dup))
-            continue
-        if rule.kind is Kind.SUPPORTED_VERSION:
+            broken = f"{col} IS NOT NULL AND count(1) OVER (PARTITION BY {col}) > 1"
+        elif rule.kind is Kind.SUPPORTED_VERSION:
             supported = sorted(EVENT_TYPES[event_type].supported_versions)
-            col = F.col(rule.column)
-            out.append((rule, col.isNotNull() & ~col.isin(supported)))
-            continue
-        broken = rule.violated(payload if rule.is_payload else envelope)
-        gate = version_gate(rule)
-        if gate is not None:
-            broken = F.col("schema_version").isin(gate) & broken
-        out.append((rule, F.coalesce(broken, F.lit(False))))
+            broken = f"{col} NOT IN ({sql_list(supported)})"
+        else:
+            broken = rule.violated_sql(payload if rule.is_payload else envelope)
+            gate = version_gate(rule)
+            if gate is not None:
+                broken = f"schema_version IN ({sql_list(gate)}) AND ({broken})"
+        out.append((rule, f"coalesce({broken}, false)"))
     return out
 
 
 def with_failed_rules(event_type: str) -> Callable[[DataFrame], DataFrame]:
-    """Adds `failed_rules` (array of rule ids) to a flattened frame of `event_type`."""
+    """Adds `failed_rules` (array of the broken rule ids) to a flattened frame of
+    `event_type`: the Spark side of the GE agreement (quality/expectations.py)."""
     def transform(df: DataFrame) -> DataFrame:
-        checks = flat_checks(event_type)
-        flags = [F.when(broken, F.lit(rule.id)) for rule, broken in checks]
-        return df.withColumn("failed_rules", F.filter(F.array(*flags), lambda x: x.isNotNull()))
+        flags = ", ".join(f"CASE WHEN {broken} THEN {sql_string(rule.id)} END"
+                          for rule, broken in flat_checks(event_type))
+        return df.withColumn("failed_rules", F.expr(f"filter(array({flags}), x -> x IS NOT NULL)"))
 
     return transform

@@ -6,7 +6,7 @@ pipelines/transforms/help.py. One query:
 
     Kafka (5 topics + the job's tick topic)
       -> kafka_to_bronze -> withWatermark(kafka_timestamp, help.watermark_delay_s)
-      -> parse_and_validate -> help_signals          valid rows; requests + fired signals only
+      -> help_candidates -> parse_and_validate -> help_signals   requests + fired signals
       -> window: state (default) | join              pairs once a request's window closed
       -> foreachBatch: aggregate + rules -> guard -> Kafka classroom.help.tags -> gold.help_tags
 
@@ -16,51 +16,40 @@ the job's own ticks (a record per `tick_interval_s` on `help.tick_topic`) move i
 clock when the streams are quiet, so the last request before a lull is tagged too, and
 `--once` can close every open window before it stops.
 
-Delivery: Kafka first, then Delta. Delta gets each batch once (the streaming transaction), and
-help_ids already in gold.help_tags are never written or published again; a batch replayed after
-a crash between the two writes publishes its tags to Kafka a second time (at least once, same
-help_id key), so Kafka consumers dedupe by help_id.
+Delivery (Kafka, then Delta, exactly once there): pipelines/jobs/help_sink.py.
 """
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
-import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 from rich.console import Console
 
 from pipelines.config import HelpEngine, Settings
-from pipelines.io.delta import DeltaRsWriter, delta_writer, read_table, streaming_query_id
+from pipelines.io.delta import delta_writer, read_table
 from pipelines.io.kafka import caught_up, kafka_end_offsets, read_kafka_stream
 from pipelines.io.kafka_admin import ensure_topics
+from pipelines.jobs.help_sink import HELP_TAGS_TABLE, HelpTagSink, Ticker
 from pipelines.spark import build_spark
 from pipelines.transforms.bronze import kafka_to_bronze
 from pipelines.transforms.help import (
     HELP_TOPICS,
     aggregate_evidence,
-    apply_tag_rules,
+    help_candidates,
     help_signals,
     join_requests_with_evidence,
-    tag_records,
-    tag_requests,
 )
 from pipelines.transforms.help_window import buffer_requests_with_evidence
 from pipelines.transforms.validate import parse_and_validate
 
-HELP_TAGS_TABLE = "gold.help_tags"
 PERCENTILES = (0.5, 0.95, 0.99)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def help_stream(spark: SparkSession, settings: Settings, checkpoint: str) -> DataFrame:
@@ -71,20 +60,48 @@ def help_stream(spark: SparkSession, settings: Settings, checkpoint: str) -> Dat
         kafka = settings.kafka.model_copy(
             update={"max_records_per_trigger": cfg.max_records_per_trigger})
         settings = settings.model_copy(update={"kafka": kafka})
-    tick_topic = settings.kafka_topic(cfg.tick_topic)
-    # The watermark sees valid records and ticks; validation runs before it because Spark
-    # pushes a filter that does not use the event-time column below the watermark anyway.
+    # The watermark sees every record, ticks included (broker time needs no validation); the
+    # contract check runs only on records that could matter (help_candidates). No Filter
+    # between parse_and_validate and the explode in help_signals: Spark would push it below
+    # the parse and evaluate the whole contract check twice, in one oversized expression.
     delay = f"{int(cfg.watermark_delay_s * 1000)} milliseconds"
     signals = (read_kafka_stream(spark, settings, topics, checkpoint=checkpoint)
                .transform(kafka_to_bronze)
-               .transform(parse_and_validate)
-               .where(F.col("reject_reason").isNull() | (F.col("topic") == tick_topic))
                .withWatermark("kafka_timestamp", delay)
+               .transform(help_candidates(cfg.rules))
+               .transform(parse_and_validate)
                .transform(help_signals(cfg.rules)))
     if cfg.engine is HelpEngine.JOIN:
         return (signals.transform(join_requests_with_evidence(cfg))
                        .transform(aggregate_evidence(extra_keys=["request_kafka_ts"])))
     return signals.transform(buffer_requests_with_evidence(cfg))
+
+
+def help_query_conf(settings: Settings) -> dict[str, str]:
+    """Session settings the help query starts with (it keeps them in its checkpoint).
+
+    Few state partitions: the window state holds only fired signals and open requests, and
+    every state partition costs a Python worker per micro-batch. RocksDB changelog
+    checkpointing: a commit appends a changelog instead of snapshotting the store.
+    """
+    return {"spark.sql.shuffle.partitions": str(settings.help.state_partitions),
+            "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true"}
+
+
+@contextmanager
+def query_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
+    """Set session conf while a query starts (it clones the session), then restore it."""
+    old = {key: spark.conf.get(key, None) for key in conf}
+    for key, value in conf.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def _flush_horizon_ms(settings: Settings) -> int:
@@ -93,154 +110,6 @@ def _flush_horizon_ms(settings: Settings) -> int:
     if cfg.engine is HelpEngine.JOIN:  # the aggregation waits for the join's state watermark
         return int((cfg.window_before_s + cfg.evidence_slack_s) * 1000) + 1
     return int(cfg.window_after_s * 1000) + 1
-
-
-class Ticker:
-    """Produces a tick to the job's tick topic every `interval_s` (a daemon thread)."""
-
-    def __init__(self, settings: Settings) -> None:
-        from confluent_kafka import Producer
-
-        self.topic = settings.kafka_topic(settings.help.tick_topic)
-        self.interval_s = settings.help.tick_interval_s
-        self.producer = Producer({**settings.kafka.client_options(), "linger.ms": 0,
-                                  "acks": "all"})
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="help-ticker", daemon=True)
-
-    def tick(self) -> None:
-        self.producer.produce(self.topic, orjson.dumps({"tick_ms": _now_ms()}))
-        self.producer.poll(0)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.tick()
-
-    def start(self) -> Ticker:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.producer.flush(5)
-
-
-class HelpTagSink:
-    """foreachBatch: rules -> guard -> Kafka (key help_id, JSON) -> gold.help_tags (once)."""
-
-    def __init__(self, settings: Settings, checkpoint: str) -> None:
-        cfg = settings.help
-        self.settings = settings
-        self.checkpoint = checkpoint
-        self.writer = delta_writer(settings)
-        self.path = settings.table_path(HELP_TAGS_TABLE)
-        self.topic = settings.kafka_topic(cfg.tags_topic)
-        if cfg.engine is HelpEngine.JOIN:
-            rules = apply_tag_rules(cfg.rules, cfg.priority)
-            self.records = lambda df: df.transform(rules).transform(tag_records)
-        else:
-            self.records = tag_requests(cfg)
-        self.app_id: str | None = None
-        self.producer = None
-        self.known: dict[date, set[str]] = {}
-        self.tags = self.skipped = 0
-
-    def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        spark = batch.sparkSession
-        if self.app_id is None:
-            self.app_id = streaming_query_id(spark, self.checkpoint)
-        table = batch.transform(self.records).toArrow()
-        if table.num_rows == 0:
-            return
-        table = self._new_only(spark, table)
-        if table.num_rows == 0:
-            return
-        table = with_tag_times(table, _now_ms(), self.app_id, batch_id)
-        self._publish(table)
-        self.writer.append(spark.createDataFrame(table), self.path,
-                           partition_by=["request_date"], app_id=self.app_id, version=batch_id)
-        for day, help_id in zip(table["request_date"].to_pylist(),
-                                table["help_id"].to_pylist(), strict=True):
-            self.known.setdefault(day, set()).add(help_id)
-        self.tags += table.num_rows
-
-    def _new_only(self, spark: SparkSession, table: pa.Table) -> pa.Table:
-        """Drop help_ids tagged before (in gold.help_tags) and repeats within the batch."""
-        keep, seen = [], set()
-        for i, (day, help_id) in enumerate(zip(table["request_date"].to_pylist(),
-                                               table["help_id"].to_pylist(), strict=True)):
-            if help_id in seen or help_id in self._known_on(spark, day):
-                continue
-            seen.add(help_id)
-            keep.append(i)
-        self.skipped += table.num_rows - len(keep)
-        return table.take(keep)
-
-    def _known_on(self, spark: SparkSession, day: date) -> set[str]:
-        """help_ids in gold.help_tags for one request date (read once, then kept up to date)."""
-        if day not in self.known:
-            ids: set[str] = set()
-            if self.writer.exists(self.path):
-                if isinstance(self.writer, DeltaRsWriter):
-                    from deltalake import DeltaTable
-
-                    ids = set(DeltaTable(self.path).to_pyarrow_table(
-                        columns=["help_id"], partitions=[("request_date", "=", day.isoformat())]
-                    )["help_id"].to_pylist())
-                else:
-                    ids = {r.help_id for r in self.writer.read(spark, self.path)
-                           .where(F.col("request_date") == F.lit(day))
-                           .select("help_id").collect()}
-            self.known[day] = ids
-        return self.known[day]
-
-    def _publish(self, table: pa.Table) -> None:
-        from confluent_kafka import Producer
-
-        if self.producer is None:
-            self.producer = Producer({**self.settings.kafka.client_options(), "linger.ms": 5,
-                                      "acks": "all"})
-        failures: list[str] = []
-
-        def on_delivery(err: object, _msg: object) -> None:
-            if err is not None:
-                failures.append(str(err))
-
-        for row in table.to_pylist():
-            self.producer.produce(self.topic, key=row["help_id"].encode(),
-                                  value=tag_message(row), on_delivery=on_delivery)
-        remaining = self.producer.flush(self.settings.kafka.read_timeout_seconds)
-        if remaining or failures:
-            raise RuntimeError(f"{self.topic}: {remaining} tags unsent, {len(failures)} failed "
-                               f"({failures[:1]})")
-
-
-def with_tag_times(table: pa.Table, tagged_at_ms: int, query_id: str, batch_id: int) -> pa.Table:
-    """Stamp tagged_at and the latencies: request event time and broker time -> tag."""
-    n = table.num_rows
-
-    def ms(column: str) -> pa.Array:
-        return pc.divide(pc.cast(pc.cast(table[column], pa.timestamp("us", tz="UTC")), pa.int64()),
-                         1000)
-
-    tagged = pa.array([tagged_at_ms] * n, pa.int64())
-    return (table
-            .append_column("tagged_at", pc.cast(pc.multiply(tagged, 1000),
-                                                pa.timestamp("us", tz="UTC")))
-            .append_column("latency_ms", pc.subtract(tagged, ms("request_time")))
-            .append_column("broker_latency_ms", pc.subtract(tagged, ms("request_broker_time")))
-            .append_column("query_id", pa.array([query_id] * n, pa.string()))
-            .append_column("batch_id", pa.array([batch_id] * n, pa.int64())))
-
-
-def tag_message(row: dict) -> bytes:
-    """The classroom.help.tags value: the tag record as JSON, times in epoch ms."""
-    out = {k: v for k, v in row.items() if k not in {"evidence", "request_date"}}
-    for key in ("request_time", "request_broker_time", "tagged_at"):
-        out[key + "_ms"] = int(out.pop(key).timestamp() * 1000)
-    out["evidence"] = orjson.Fragment(row["evidence"])
-    return orjson.dumps(out)
 
 
 @dataclass
@@ -265,11 +134,12 @@ def start_help(spark: SparkSession, settings: Settings, *, once: bool) -> HelpJo
     if once:
         target = kafka_end_offsets(settings, [settings.kafka_topic(t) for t in HELP_TOPICS])
     sink = HelpTagSink(settings, checkpoint)
-    query = (help_stream(spark, settings, checkpoint).writeStream.queryName("help")
-             .option("checkpointLocation", checkpoint)
-             .foreachBatch(sink)
-             .trigger(processingTime=f"{int(cfg.trigger_seconds * 1000)} milliseconds")
-             .start())
+    writer = (help_stream(spark, settings, checkpoint).writeStream.queryName("help")
+              .option("checkpointLocation", checkpoint)
+              .foreachBatch(sink)
+              .trigger(processingTime=f"{int(cfg.trigger_seconds * 1000)} milliseconds"))
+    with query_conf(spark, help_query_conf(settings)):
+        query = writer.start()
     return HelpJob(query, sink, Ticker(settings).start(), target, _flush_horizon_ms(settings))
 
 
@@ -293,6 +163,7 @@ def await_help(job: HelpJob, *, console: Console | None = None, poll_s: float = 
     """
     query, seen, batches, rows = job.query, -1, 0, 0
     read_all, newest, flush_until = False, 0, None
+    printed = (0, 0.0)  # (tags, monotonic time) at the last progress line
     try:
         while query.isActive:
             query.awaitTermination(poll_s)
@@ -302,7 +173,10 @@ def await_help(job: HelpJob, *, console: Console | None = None, poll_s: float = 
                 seen = progress["batchId"]
                 n = int(progress.get("numInputRows") or 0)
                 batches, rows = batches + (n > 0), rows + n
-                if console is not None and n:
+                # A line when tags went out, else one every 10 s (ticks make every batch busy).
+                if console is not None and (job.sink.tags > printed[0]
+                                            or time.monotonic() - printed[1] > 10):
+                    printed = (job.sink.tags, time.monotonic())
                     console.print(f"[dim]help batch {seen}: {n:,} rows, "
                                   f"{progress['durationMs'].get('triggerExecution', 0):,} ms, "
                                   f"{job.sink.tags} tags so far[/dim]")
@@ -322,6 +196,7 @@ def await_help(job: HelpJob, *, console: Console | None = None, poll_s: float = 
         query.stop()
     finally:
         job.ticker.stop()
+        job.sink.close()
     exc = query.exception()
     if exc is not None:
         raise exc

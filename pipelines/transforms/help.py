@@ -3,7 +3,9 @@
 All pure `DataFrame -> DataFrame` functions parametrised by closures over `HelpConfig`. The
 plan (pipelines/jobs/help.py wires it to Kafka and Delta):
 
-    validated rows -> help_signals      one row per request, one per fired evidence signal
+    bronze rows -> help_candidates      only records that could be a request or a signal
+      -> parse_and_validate (validate.py, shared with silver)
+      -> help_signals                   one row per request, one per fired evidence signal
       -> window (state: HelpWindowProcessor per classroom | join: join_requests_with_evidence)
          = (request, evidence) pairs, evidence within [request - before, request + after]
       -> aggregate_evidence             counts per signal and role for each help_id
@@ -49,23 +51,58 @@ def _ms(ts: Column) -> Column:
     return F.unix_micros(ts).cast("long") / F.lit(1000)
 
 
-def signal_conditions(rules: HelpRulesConfig) -> dict[str, Column]:
-    """Evidence signal -> the row predicate that fires it (thresholds from conf)."""
-    p = F.col("payload")
-    av = F.col("event_type") == "av.quality"
-    enter = F.col("event_type") == "enter.step"
+def signal_conditions(rules: HelpRulesConfig, event_type: Column | None = None,
+                      payload: Column | None = None) -> dict[str, Column]:
+    """Evidence signal -> the row predicate that fires it (thresholds from conf), over the
+    validated `event_type` and `payload` columns (or the given ones)."""
+    etype = F.col("event_type") if event_type is None else event_type
+    p = F.col("payload") if payload is None else payload
+    av = etype == "av.quality"
+    enter = etype == "enter.step"
     return {
         "bad_network_sample": av & ((p["packet_loss_pct"] >= rules.packet_loss_pct)
                                     | (p["rtt_ms"] >= rules.rtt_ms)),
-        "disconnect": F.col("event_type") == "signal.disconnect",
+        "disconnect": etype == "signal.disconnect",
         "mic_muted": av & (p["direction"] == "up") & (p["media"] == "audio")
                      & (p["mic_muted"] == F.lit(True)),
         "video_freeze": av & (p["direction"] == "down") & (p["media"] == "video")
                         & (p["freeze_count"] >= rules.freeze_min_count),
-        "wb_load_fail": F.col("event_type") == "wb.load_fail",
+        "wb_load_fail": etype == "wb.load_fail",
         "enter_fail": enter & (p["step"] == "enter_fail"),
         "enter_success": enter & (p["step"] == "enter_success"),
     }
+
+
+_PROBE_FIELDS = ("direction", "media", "packet_loss_pct", "rtt_ms", "freeze_count", "mic_muted",
+                 "step")
+
+
+def help_candidates(rules: HelpRulesConfig) -> Transform:
+    """Bronze rows -> the ones that could be a help.request or fire a signal, before the
+    (costly) contract validation; a superset, so the rows validated decide as before.
+
+    Why: about nine in ten records are healthy samples that can never fire a rule, and
+    parse_and_validate costs ~20x a plain `from_json` of the few fields the rules read
+    (docs/BENCHMARKS.md, "bench help"). A record the contract accepts parses to the same values
+    either way, so only records that could not matter (or would be rejected) are skipped.
+    The filter also names `kafka_timestamp`, which keeps Spark from pushing it below the
+    watermark: the watermark still sees every record.
+    """
+    from schemas.contract import UNION_PAYLOAD_FIELDS, spark_type
+
+    types = {s.name: spark_type(s.type).simpleString() for s in UNION_PAYLOAD_FIELDS}
+    probe_schema = ("event_type string, payload struct<"
+                    + ", ".join(f"{name}: {types[name]}" for name in _PROBE_FIELDS) + ">")
+
+    def apply(df: DataFrame) -> DataFrame:
+        probe = F.from_json(F.col("value"), probe_schema)
+        candidate = probe["event_type"] == "help.request"
+        for fired in signal_conditions(rules, probe["event_type"], probe["payload"]).values():
+            candidate = candidate | fired
+        return df.where(F.coalesce(candidate, F.lit(False))
+                        | F.col("kafka_timestamp").isNull())
+
+    return apply
 
 
 def help_signals(rules: HelpRulesConfig) -> Transform:
@@ -75,9 +112,9 @@ def help_signals(rules: HelpRulesConfig) -> Transform:
     no union, so the Kafka source is read once; and no Filter, which Spark would push below
     the watermark. `kafka_timestamp` keeps its watermark; `*_ms` are plain longs.
     """
-    conditions = signal_conditions(rules)
 
     def apply(df: DataFrame) -> DataFrame:
+        conditions = signal_conditions(rules)
         p = F.col("payload")
         is_request = (F.col("event_type") == "help.request") & p["help_id"].isNotNull()
         fired = F.filter(F.array(*[F.when(c, F.lit(name)) for name, c in conditions.items()]),
@@ -107,7 +144,7 @@ def join_requests_with_evidence(cfg: HelpConfig) -> Transform:
     `kafka_timestamp`); the event-time bound is the window itself.
     """
     before_ms, after_ms = int(cfg.window_before_s * 1000), int(cfg.window_after_s * 1000)
-    slack_s = cfg.window_before_s + cfg.evidence_slack_s
+    slack_ms = int(cfg.evidence_slack_s * 1000)
 
     def apply(df: DataFrame) -> DataFrame:
         requests = df.where(F.col("signal") == REQUEST).select(
@@ -120,14 +157,18 @@ def join_requests_with_evidence(cfg: HelpConfig) -> Transform:
             F.col("classroom_id").alias("ev_classroom_id"),
             F.col("kafka_timestamp").alias("ev_kafka_ts"), *EVIDENCE_COLUMNS)
         r, e = requests.alias("r"), evidence.alias("e")
+        # The event-time window sits inside a coalesce: not a bare comparison, so Spark's
+        # search for a state constraint (the broker-time bounds) skips it.
+        in_window = F.coalesce(F.col("e.event_time_ms").between(
+            F.col("r.request_time_ms") - before_ms, F.col("r.request_time_ms") + after_ms),
+            F.lit(False))
         condition = (
             (F.col("e.ev_classroom_id") == F.col("r.classroom_id"))
             & (F.col("e.ev_kafka_ts") >= F.col("r.request_kafka_ts")
-               - F.expr(f"INTERVAL {slack_s} SECONDS"))
+               - F.expr(f"INTERVAL {before_ms + slack_ms} MILLISECONDS"))
             & (F.col("e.ev_kafka_ts") <= F.col("r.request_kafka_ts")
-               + F.expr(f"INTERVAL {cfg.window_after_s + cfg.evidence_slack_s} SECONDS"))
-            & F.col("e.event_time_ms").between(F.col("r.request_time_ms") - before_ms,
-                                               F.col("r.request_time_ms") + after_ms))
+               + F.expr(f"INTERVAL {after_ms + slack_ms} MILLISECONDS"))
+            & in_window)
         return r.join(e, condition, "left_outer").select(
             *[F.col(f"r.{c}") for c in (*REQUEST_COLUMNS, "request_kafka_ts")],
             *[F.col(f"e.{c}") for c in EVIDENCE_COLUMNS])
@@ -222,10 +263,11 @@ def tag_conditions(rules: HelpRulesConfig) -> dict[str, tuple[Column, Column]]:
 def apply_tag_rules(rules: HelpRulesConfig, priority: Iterable[str]) -> Transform:
     """Aggregates -> `tags` (fired tags in priority order, or NO_ISSUE_DETECTED), the
     `primary_tag` (the first), and `evidence` (JSON: per fired tag, what fired it)."""
-    conditions = tag_conditions(rules)
-    order = [tag for tag in priority if tag in conditions]
+    priority = list(priority)
 
     def apply(df: DataFrame) -> DataFrame:
+        conditions = tag_conditions(rules)
+        order = [tag for tag in priority if tag in conditions]
         fired = F.array_compact(F.array(*[F.when(conditions[t][0], F.lit(t)) for t in order]))
         tags = F.when(F.size(fired) > 0, fired).otherwise(F.array(F.lit(NO_ISSUE_TAG)))
         evidence = F.to_json(F.struct(*[F.when(conditions[t][0], conditions[t][1]).alias(t)

@@ -44,10 +44,18 @@ _REQUEST_SOURCE = {"help_id": "help_id", "classroom_id": "classroom_id",
                    "request_time_ms": "event_time_ms", "request_kafka_ms": "kafka_time_ms"}
 
 
+_TYPES = dict((*REQUEST_FIELDS, *EVIDENCE_FIELDS, ("user_id", "string"), ("role", "string"),
+               ("signal", "string")))
+_CAST = {"long": int, "double": float, "string": str}
+
+
 def _records(pdf: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as dicts of plain Python values (None for missing): what the state API stores."""
+    """Rows as dicts of plain Python values of the declared types (None for missing): what the
+    state API stores. (Arrow hands a long column with nulls to pandas as float64.)"""
     clean = pdf.astype(object).where(pdf.notna(), None)
-    return clean.to_dict("records")
+    casts = {c: _CAST[_TYPES[c]] for c in clean.columns if c in _TYPES}
+    return [{k: (v if v is None or k not in casts else casts[k](v)) for k, v in row.items()}
+            for row in clean.to_dict("records")]
 
 
 class HelpWindowProcessor(StatefulProcessor):

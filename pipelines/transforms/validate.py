@@ -6,22 +6,26 @@ broken rule in `validate_event`'s order, so Spark and the pure-Python validator 
 record for the same reason (tests/test_validate.py holds them to that).
 
 Why not a plain typed `from_json`: Spark's JSON reading is laxer than the contract (a string
-field takes `5` as "5", a double takes "NaN", and a payload that is not an object nulls the whole
-record when `spark.sql.json.enablePartialResults` is off). So each record is read once with
-`from_json` against the contract's envelope schema with every value as VARIANT: a variant never
-mismatches, keeps each value's JSON type (`schema_of_variant`), and becomes the typed column by
-a cast that runs only after the type check passed.
+field takes `5` as "5", a double takes "NaN"), and a payload that is not an object nulls the
+whole record when `spark.sql.json.enablePartialResults` is off. So each record is read with
+`from_json` against the contract's envelope schema with every value as VARIANT: a variant
+never mismatches, keeps its JSON type (`schema_of_variant`), and becomes the typed column only
+after the type check passed. Only records whose payload is not an object (or that do not
+parse) are read a second time.
 
 Why the extra JSON checks: Spark's parser stops after the first JSON value (`{...},}` parses)
 and is lenient by default; orjson, the contract's parser, is strict. A record is well-formed
 when (a) a strict `from_json` of `{"k":<value>}` succeeds, which also catches trailing text
 that does not start with `}` or `,`, (b) `[<value>]` is an array of exactly one element, which
-catches the rest, and (c) it has no unpaired UTF-16 surrogate escape and no number that
-overflows a double (orjson rejects both; checked on contract fields only).
+catches the rest, and (c) it has no unpaired UTF-16 surrogate escape and no contract field
+holds a number beyond the double range (orjson rejects both).
 
 Residual differences from orjson (kept out of the agreement test on purpose): an overflowing
 number inside an unknown extra field, nesting deeper than Jackson's limit (1000) vs orjson's
 (1024), and duplicate keys unless `REQUIRED_SPARK_CONF` is set (then both keep the last).
+
+The checks are built as SQL text (`F.expr`), not Column objects: the Column API costs a py4j
+round trip per operator, tens of thousands here, seconds per query start.
 """
 
 from __future__ import annotations
@@ -39,11 +43,13 @@ from quality.rules import (
     FieldValue,
     Rule,
     payload_rules,
+    sql_ident,
+    sql_list,
+    sql_string,
 )
 from schemas.contract import (
     ENVELOPE_FIELDS,
     EVENT_TYPES,
-    INT32,
     UNION_PAYLOAD_FIELDS,
     FieldSpec,
     envelope_spark_schema,
@@ -76,7 +82,7 @@ OUTPUT_COLUMNS = (*BRONZE_COLUMNS, *ENVELOPE_COLUMNS, "payload", "reject_reason"
 
 
 def _probe_schema(payload: DataType) -> StructType:
-    """`{"k": envelope}` with every envelope value as VARIANT (the payload as `payload`), plus
+    """`{"k": envelope}` with every envelope value a VARIANT (the payload as `payload`), plus
     the corrupt-record column."""
     envelope = StructType([
         StructField(f.name, payload if f.name == "payload" else VariantType(), True)
@@ -86,26 +92,32 @@ def _probe_schema(payload: DataType) -> StructType:
 
 # Fast path: payload fields as variants, no per-field path lookups. Fails (corrupt) only on bad
 # syntax, a non-object record or a non-object payload.
-_PROBE = _probe_schema(StructType([StructField(s.name, VariantType(), True)
-                                   for s in union_payload_spark_schema().fields]))
+_PROBE = _probe_schema(StructType([StructField(f.name, VariantType(), True)
+                                   for f in union_payload_spark_schema().fields]))
 # Slow path, for the records the fast probe failed on: the payload as one variant.
 _PROBE_SLOW = _probe_schema(VariantType())
 _SYNTAX_ONLY = StructType([StructField("k", StringType(), True),
                            StructField(CORRUPT, StringType(), True)])
 _ENV_SPECS = {s.name: s for s in ENVELOPE_FIELDS if s.type != "object"}
 _PAY_SPECS = {s.name: s for s in UNION_PAYLOAD_FIELDS}
+_LEAVES = [("e", s) for s in _ENV_SPECS.values()] + [("p", s) for s in _PAY_SPECS.values()]
+_CONDITION_FIELDS = {c.field for s in UNION_PAYLOAD_FIELDS for c in s.required_when}
+_PAYLOAD_KEYS = {  # payload field -> the "type#version" keys whose payload defines it
+    spec.name: [f"{t.name}#{v.version}" for t in EVENT_TYPES.values() for v in t.versions
+                if spec.name in {f.name for f in v.fields}]
+    for spec in UNION_PAYLOAD_FIELDS}
+_SUPPORTED_KEYS = [f"{t.name}#{v}" for t in EVENT_TYPES.values()
+                   for v in sorted(t.supported_versions)]
 
 
-def _leaf(part: str, name: str) -> str:
-    return f"_{part}_leaf_{name}"
+def _name(part: str, what: str, name: str) -> str:
+    """Working column names: `_e_value_role`, `_p_present_rtt_ms`, ..."""
+    return f"_{part}_{what}_{name}"
 
 
-def _jtype(part: str, name: str) -> str:
-    return f"_{part}_type_{name}"
-
-
-def _val(part: str, name: str) -> str:
-    return f"_{part}_value_{name}"
+def _col(part: str, what: str, name: str) -> str:
+    """A working column in SQL."""
+    return sql_ident(_name(part, what, name))
 
 
 def _wrapped(value: Column) -> Column:
@@ -113,91 +125,96 @@ def _wrapped(value: Column) -> Column:
 
 
 def _parse(df: DataFrame) -> DataFrame:
-    """Read each record into variants once (twice for the few the fast probe fails on)."""
+    """Read each record twice: into variants (JSON types) and against the contract's typed
+    schema (values); a third time for the few the variant probe fails on."""
     value = F.col("value")
     fast = F.from_json(_wrapped(value), _PROBE, STRICT_JSON)
-    return (df.select("*", fast.alias("_probe"),
-                      F.json_array_length(F.concat(F.lit("["), value, F.lit("]"))).alias("_items"))
-            .withColumn("_slow", F.when(F.col(f"_probe.{CORRUPT}").isNotNull(),
-                                        F.from_json(_wrapped(value), _PROBE_SLOW, STRICT_JSON))))
+    slow = F.from_json(_wrapped(value), _PROBE_SLOW, STRICT_JSON)
+    typed = F.from_json(value, envelope_spark_schema())
+    items = F.expr("json_array_length('[' || value || ']')")
+    parsed = df.select("*", fast.alias("_probe"), typed.alias("_typed"), items.alias("_items"))
+    return parsed.withColumn("_slow", F.when(F.col(f"_probe.{CORRUPT}").isNotNull(), slow))
+
+
+def _leaf(part: str, name: str) -> str:
+    """SQL of a field's variant. Envelope values come from whichever probe parsed the record
+    (the slow one is null when the fast one did); payload values only from the fast one, as
+    the slow probe only runs when the payload is not an object (or nothing parsed)."""
+    if part == "e":
+        return f"coalesce(_probe.k.`{name}`, _slow.k.`{name}`)"
+    return f"_probe.k.payload.`{name}`"
 
 
 def _leaves(df: DataFrame) -> DataFrame:
-    """Each contract field as a variant: envelope values from whichever probe parsed."""
-    fast_ok = F.col(f"_probe.{CORRUPT}").isNull()
-    env = [F.when(fast_ok, F.col("_probe.k").getField(n)).otherwise(
-        F.col("_slow.k").getField(n)).alias(_leaf("e", n)) for n in _ENV_SPECS]
-    pay = [F.col("_probe.k.payload").getField(n).alias(_leaf("p", n)) for n in _PAY_SPECS]
-    slow_payload = F.schema_of_variant(F.col("_slow.k.payload"))
-    payload_kind = (F.when(fast_ok, F.when(F.col("_probe.k.payload").isNull(), "absent")
-                           .otherwise("object"))
-                    .when(slow_payload.isNull() | (slow_payload == "VOID"), "absent")
-                    .otherwise("other"))
-    return df.select(*df.columns, *env, *pay, payload_kind.alias("_payload_kind"))
+    """Each field's JSON type; whether the payload is an object, absent (or null) or else."""
+    payload_kind = F.expr(f"""CASE
+        WHEN _probe.{CORRUPT} IS NULL THEN
+            CASE WHEN _probe.k.payload IS NULL THEN 'absent' ELSE 'object' END
+        WHEN coalesce(schema_of_variant(_slow.k.payload), 'VOID') = 'VOID' THEN 'absent'
+        ELSE 'other' END""")
+    types = [F.expr(f"schema_of_variant({_leaf(part, s.name)})")
+             .alias(_name(part, "type", s.name)) for part, s in _LEAVES]
+    return df.select("*", payload_kind.alias("_payload_kind"), *types)
 
 
-def _typed_value(spec: FieldSpec, leaf: Column, json_type: Column) -> Column:
-    """The value cast to the contract type where its JSON type is the contract's, else null.
-    Ints are read as long here; the INT32 range is part of their type check."""
-    if spec.type in ("int", "long"):
-        return F.when(json_type == "BIGINT", F.try_variant_get(leaf, "$", "bigint"))
-    if spec.type == "double":
-        numeric = json_type.isin("BIGINT", "DOUBLE", "FLOAT") | json_type.startswith("DECIMAL")
-        return F.when(numeric, F.try_variant_get(leaf, "$", "double"))
-    return F.when(json_type == spec.type.upper(), F.try_variant_get(leaf, "$", spec.type))
+_NUMERIC = "({t} IN ('BIGINT', 'DOUBLE', 'FLOAT') OR {t} LIKE 'DECIMAL%')"
+_JSON_TYPE = {"int": "{t} = 'BIGINT'", "long": "{t} = 'BIGINT'", "double": _NUMERIC,
+              "string": "{t} = 'STRING'", "boolean": "{t} = 'BOOLEAN'"}
 
 
-def _overflows(leaf: Column, json_type: Column) -> Column:
-    """A JSON number beyond the double range (Spark reads it as infinity; orjson rejects it)."""
-    return (json_type == "DOUBLE") & F.try_variant_get(leaf, "$", "double").isin(
-        float("inf"), float("-inf"))
+def _typed_value(spec: FieldSpec, part: str) -> str:
+    """SQL: the value where its JSON type is the contract's (an int also in INT32), else null.
+
+    The value comes from the typed `from_json`; the variant is read only when that lost it (a
+    sibling's type mismatch with partial results off): `try_variant_get` builds a Cast per call,
+    and on executors each Cast builds a fresh SQLConf, which is slow.
+    """
+    leaf, json_type = _leaf(part, spec.name), _col(part, "type", spec.name)
+    typed = f"_typed.`{spec.name}`" if part == "e" else f"_typed.payload.`{spec.name}`"
+    fallback = f"try_variant_get({leaf}, '$', '{spec.type}')"
+    right_type = _JSON_TYPE[spec.type].format(t=json_type)
+    return f"CASE WHEN {right_type} THEN coalesce({typed}, {fallback}) END"
 
 
-def _types_and_values(df: DataFrame) -> DataFrame:
-    """JSON type (`schema_of_variant`) and typed value of every leaf, computed once."""
-    leaves = [("e", s) for s in _ENV_SPECS.values()] + [("p", s) for s in _PAY_SPECS.values()]
-    typed = df.select("*", *(F.schema_of_variant(F.col(_leaf(part, s.name)))
-                             .alias(_jtype(part, s.name)) for part, s in leaves))
-    overflow = F.lit(False)
-    for part, s in leaves:
-        overflow = overflow | _overflows(F.col(_leaf(part, s.name)), F.col(_jtype(part, s.name)))
-    return typed.select(
-        *(c for c in typed.columns if "_leaf_" not in c),
-        *(_typed_value(s, F.col(_leaf(part, s.name)), F.col(_jtype(part, s.name)))
-          .alias(_val(part, s.name)) for part, s in leaves),
-        *(F.when(F.col(_jtype(part, s.name)) == "STRING",
-                 F.try_variant_get(F.col(_leaf(part, s.name)), "$", "string"))
-          .alias(f"_{part}_text_{s.name}")
-          for part, s in leaves if s.type != "string" and s.name in _CONDITION_FIELDS),
-        F.coalesce(overflow, F.lit(False)).alias("_overflow"))
-
-
-_CONDITION_FIELDS = {c.field for s in UNION_PAYLOAD_FIELDS for c in s.required_when}
+def _values(df: DataFrame) -> DataFrame:
+    """Per field: present (there and not null), the typed value (null unless the type is
+    right), the text of a string value for `required_when` conditions; and number overflow."""
+    cols, overflow = [], []
+    for part, spec in _LEAVES:
+        leaf, json_type = _leaf(part, spec.name), _col(part, "type", spec.name)
+        value = _typed_value(spec, part)
+        cols.append(F.expr(f"{json_type} IS NOT NULL AND {json_type} <> 'VOID'")
+                    .alias(_name(part, "present", spec.name)))
+        cols.append(F.expr(value).alias(_name(part, "value", spec.name)))
+        if spec.type != "string" and spec.name in _CONDITION_FIELDS:
+            text = (f"CASE WHEN {json_type} = 'STRING'"
+                    f" THEN try_variant_get({leaf}, '$', 'string') END")
+            cols.append(F.expr(text).alias(_name(part, "text", spec.name)))
+        # A number beyond the double range is a DOUBLE variant that prints as "Infinity".
+        overflow.append(f"({json_type} = 'DOUBLE' AND to_json({leaf}) LIKE '%Infinity%')")
+    parsed = F.expr(f"_probe.{CORRUPT} IS NULL OR _slow.{CORRUPT} IS NULL")
+    keep = [c for c in df.columns
+            if "_type_" not in c and c not in ("_typed", "_probe", "_slow")]
+    return df.select(*keep, *cols, parsed.alias("_parsed"),
+                     F.expr(f"coalesce({' OR '.join(overflow)}, false)").alias("_overflow"))
 
 
 def _field(part: str, spec: FieldSpec) -> FieldValue:
-    """The rule-facing view of one leaf (see `quality.rules.FieldValue`)."""
-    json_type, value = F.col(_jtype(part, spec.name)), F.col(_val(part, spec.name))
-    present = json_type.isNotNull() & (json_type != "VOID")
-    type_ok = value.isNotNull()
-    if spec.type == "int":
-        type_ok = value.between(*INT32)
+    """The rule-facing SQL of one field (see `quality.rules.FieldValue`)."""
+    value = _col(part, "value", spec.name)
     if spec.type == "string":
         text = value
     elif spec.name in _CONDITION_FIELDS:
-        text = F.col(f"_{part}_text_{spec.name}")
+        text = _col(part, "text", spec.name)
     else:
-        text = F.lit(None).cast("string")
-    return FieldValue(F.when(type_ok, value), present, F.coalesce(type_ok, F.lit(False)), text)
-
-
-def _payload_field() -> FieldValue:
-    kind = F.col("_payload_kind")
-    return FieldValue(F.lit(None), kind != "absent", kind == "object", F.lit(None))
+        text = "CAST(NULL AS STRING)"
+    return FieldValue(value, _col(part, "present", spec.name), f"{value} IS NOT NULL", text)
 
 
 def _env_lookup(name: str) -> FieldValue:
-    return _payload_field() if name == "payload" else _field("e", _ENV_SPECS[name])
+    if name == "payload":
+        return FieldValue("NULL", "_payload_kind <> 'absent'", "_payload_kind = 'object'", "NULL")
+    return _field("e", _ENV_SPECS[name])
 
 
 def _pay_lookup(name: str) -> FieldValue:
@@ -206,92 +223,82 @@ def _pay_lookup(name: str) -> FieldValue:
 
 def _well_formed() -> Column:
     """Strict JSON (see module docstring): a probe parsed it or the syntax-only read did,
-    `[value]` holds one element, no lone surrogate escape, no contract number overflowed."""
+    `[value]` holds one element, no lone surrogate escape, no number overflowed."""
     value = F.col("value")
-    parsed = (F.when(F.col(f"_probe.{CORRUPT}").isNull(), F.lit(True))
-              .when(F.col(f"_slow.{CORRUPT}").isNull(), F.lit(True))
-              .otherwise(F.from_json(_wrapped(value), _SYNTAX_ONLY, STRICT_JSON)
-                         .getField(CORRUPT).isNull()))
-    surrogate = value.contains("\\u") & value.rlike(LONE_SURROGATE)
+    parsed = F.when(F.col("_parsed"), F.lit(True)).otherwise(
+        F.from_json(_wrapped(value), _SYNTAX_ONLY, STRICT_JSON).getField(CORRUPT).isNull())
+    surrogate = F.expr(f"contains(value, r'\\u') AND value RLIKE r'{LONE_SURROGATE}'")
     ok = (value.isNotNull() & (F.col("_items") == 1) & parsed
           & ~F.coalesce(surrogate, F.lit(False)) & ~F.col("_overflow"))
     return F.coalesce(ok, F.lit(False))
 
 
-def _hit(rule: Rule) -> Column:
-    return F.struct(F.lit(rule.reason.value).alias("reason"), F.lit(rule.id).alias("rule"))
+def _hit(rule: Rule) -> str:
+    return (f"named_struct('reason', {sql_string(rule.reason.value)},"
+            f" 'rule', {sql_string(rule.id)})")
 
 
-def _first_violation() -> Column:
-    """CASE over the rules in `validate_event`'s order; the first broken one wins."""
-    env, pay = _env_lookup, _pay_lookup
+def _envelope_violation() -> str:
+    """The record, envelope, event type and version rules in `validate_event`'s order."""
+    env = _env_lookup
     event_type, version = env("event_type"), env("schema_version")
     json_rule, object_rule = RECORD_RULES
-    case = F.when(~F.col("_well_formed"), _hit(json_rule))
-    case = case.when(~F.col("value").rlike(_STARTS_AN_OBJECT), _hit(object_rule))
-    for rule in ENVELOPE_RULES:
-        case = case.when(rule.violated(env), _hit(rule))
-    named = event_type.type_ok & (F.length(event_type.value) > 0)
-    known = event_type.value.isin(list(EVENT_TYPES))
-    case = case.when(named & ~known, _hit(KNOWN_EVENT_TYPE_RULE))
-    supported = _supported(event_type.value, version.value)
-    case = case.when(named & known & version.type_ok & ~supported, _hit(SUPPORTED_VERSION_RULE))
-    payload_object = env("payload").type_ok
+    branches = [("NOT _well_formed", json_rule),
+                (f"NOT (value RLIKE r'{_STARTS_AN_OBJECT}')", object_rule)]
+    branches += [(rule.violated_sql(env), rule) for rule in ENVELOPE_RULES]
+    named = f"({event_type.type_ok}) AND length({event_type.value}) > 0"
+    known = f"{event_type.value} IN ({sql_list(list(EVENT_TYPES))})"
+    branches.append((f"{named} AND NOT ({known})", KNOWN_EVENT_TYPE_RULE))
+    branches.append((f"{named} AND {known} AND ({version.type_ok})"
+                     f" AND NOT (_key IN ({sql_list(_SUPPORTED_KEYS)}))", SUPPORTED_VERSION_RULE))
+    return "CASE " + " ".join(f"WHEN {cond} THEN {_hit(rule)}" for cond, rule in branches) + " END"
+
+
+def _payload_violation() -> str:
+    """The payload rules of the record's (type, version), in that version's field order."""
+    gates = []
     for name, etype in EVENT_TYPES.items():
         for v in sorted(etype.supported_versions):
             rules = payload_rules(name, v)
-            if not rules:
-                continue
-            inner = F.when(rules[0].violated(pay), _hit(rules[0]))
-            for rule in rules[1:]:
-                inner = inner.when(rule.violated(pay), _hit(rule))
-            gate = (event_type.value == name) & (version.value == v) & payload_object
-            case = case.when(gate, inner)
-    return case
+            if rules:
+                inner = " ".join(f"WHEN {rule.violated_sql(_pay_lookup)} THEN {_hit(rule)}"
+                                 for rule in rules)
+                gates.append(f"WHEN _key = {sql_string(f'{name}#{v}')} THEN CASE {inner} END")
+    return f"CASE WHEN {_env_lookup('payload').type_ok} THEN CASE {' '.join(gates)} END END"
 
 
-def _supported(event_type: Column, version: Column) -> Column:
-    out = F.lit(False)
-    for name, etype in EVENT_TYPES.items():
-        out = out | ((event_type == name) & version.isin(sorted(etype.supported_versions)))
-    return out
-
-
-def _payload_struct() -> Column:
+def _payload_struct() -> str:
     """The union payload, typed; a field is filled only where the record's (type, version)
     defines it (an extra field of another type or version is ignored, as the contract says)."""
-    event_type, version = _env_lookup("event_type").value, _env_lookup("schema_version").value
     schema = union_payload_spark_schema()
-    fields = []
-    for spec in UNION_PAYLOAD_FIELDS:
-        defined = F.lit(False)
-        for name, etype in EVENT_TYPES.items():
-            versions = [v.version for v in etype.versions
-                        if spec.name in {f.name for f in v.fields}]
-            if versions:
-                defined = defined | ((event_type == name) & version.isin(versions))
-        value = F.when(defined, _pay_lookup(spec.name).value)
-        fields.append(value.cast(schema[spec.name].dataType).alias(spec.name))
-    return F.when(_env_lookup("payload").type_ok, F.struct(*fields))
+    fields = ", ".join(
+        f"{sql_string(s.name)}, CAST(CASE WHEN _key IN ({sql_list(_PAYLOAD_KEYS[s.name])})"
+        f" THEN {_pay_lookup(s.name).value} END AS {schema[s.name].dataType.simpleString()})"
+        for s in UNION_PAYLOAD_FIELDS)
+    return f"CASE WHEN {_env_lookup('payload').type_ok} THEN named_struct({fields}) END"
 
 
 def _result(df: DataFrame) -> DataFrame:
     env = _env_lookup
     schema = envelope_spark_schema()
+    event_type, version = env("event_type").value, env("schema_version").value
     event_time_ms = env("event_time").value
-    event_time = F.when(event_time_ms.between(-_MAX_EPOCH_MS, _MAX_EPOCH_MS),
-                        F.timestamp_millis(event_time_ms))
-    checked = (df.withColumn("_well_formed", _well_formed())
-               .withColumn("_reject", _first_violation()))
+    key = F.expr(f"{event_type} || '#' || CAST({version} AS STRING)")
+    keyed = df.select("*", key.alias("_key"), _well_formed().alias("_well_formed"))
+    checked = keyed.select("*", F.expr(_envelope_violation()).alias("_env_reject"))
+    checked = checked.select("*", F.expr(f"CASE WHEN _env_reject IS NULL THEN"
+                                         f" {_payload_violation()} END").alias("_payload_reject"))
+    typed = [F.expr(f"CAST({env(n).value} AS {schema[n].dataType.simpleString()})").alias(n)
+             for n in ENVELOPE_COLUMNS[:10]]
+    event_time = (f"CASE WHEN {event_time_ms} BETWEEN {-_MAX_EPOCH_MS} AND {_MAX_EPOCH_MS}"
+                  f" THEN timestamp_millis({event_time_ms}) END")
     return checked.select(
-        *BRONZE_COLUMNS,
-        *(env(name).value.cast(schema[name].dataType).alias(name)
-          for name in ENVELOPE_COLUMNS[:10]),
-        event_time_ms.alias("event_time_ms"),
-        event_time.alias("event_time"),
-        _payload_struct().alias("payload"),
-        F.col("_reject.reason").alias("reject_reason"),
-        F.col("_reject.rule").alias("reject_rule"),
+        *BRONZE_COLUMNS, *typed,
+        F.expr(event_time_ms).alias("event_time_ms"),
+        F.expr(event_time).alias("event_time"),
+        F.expr(_payload_struct()).alias("payload"),
+        F.expr("coalesce(_env_reject, _payload_reject).reason").alias("reject_reason"),
+        F.expr("coalesce(_env_reject, _payload_reject).rule").alias("reject_rule"),
     )
 
 
@@ -302,8 +309,7 @@ def parse_and_validate(df: DataFrame) -> DataFrame:
     and the bronze coordinates; keeps `event_time` and `kafka_timestamp` so the skew, lateness
     and duplicate checks downstream can run on the result.
     """
-    return (df.transform(_parse).transform(_leaves).transform(_types_and_values)
-            .transform(_result))
+    return df.transform(_parse).transform(_leaves).transform(_values).transform(_result)
 
 
 def flatten_payload(df: DataFrame) -> DataFrame:
@@ -311,3 +317,4 @@ def flatten_payload(df: DataFrame) -> DataFrame:
     fields = [F.col("payload").getField(s.name).alias(FLAT_PAYLOAD_PREFIX + s.name)
               for s in UNION_PAYLOAD_FIELDS]
     return df.select(*(c for c in df.columns if c != "payload"), *fields)
+

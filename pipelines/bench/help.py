@@ -1,0 +1,329 @@
+"""`lakehouse bench help`: tagging accuracy on a seeded run, then latency and rate under load.
+
+One broker of its own (memory storage, a free port) and one Spark session for every stage:
+
+1. accuracy: a seeded simulation produced as fast as possible, then `run help --once`; the
+   primary tag of every request against the simulator's ground truth (confusion matrix,
+   precision and recall per tag);
+2. load, for each lesson count N: the help job runs continuously while `lakehouse simulate`
+   (a child process) paces N lessons at real time (`--rate-multiplier 1`) for `duration_s`;
+   then the job runs until every request is tagged. Latency is gold.help_tags' request ->
+   tag-on-Kafka time (p50/p95/p99, from the request's event time and its broker time);
+   *offered* is what the simulator produced per second, *processed* the job's input rows over
+   its summed batch time, *lag at end* how long after the simulator stopped the job had read
+   everything it produced.
+3. optionally (`--join`) the first load again with `help.engine: join`.
+
+Help share is 0.5 in every run so a short run has enough requests to rank latencies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deltalake import DeltaTable
+from pyspark.sql import SparkSession
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.bench.bronze import machine_info
+from pipelines.broker import EmbeddedBroker
+from pipelines.config import HELP_TAGS, NO_ISSUE_TAG, Settings, load_settings
+from pipelines.io.kafka import caught_up, kafka_end_offsets
+from pipelines.io.kafka_admin import ensure_topics
+from pipelines.jobs.help import HELP_TAGS_TABLE, help_latency, run_help, start_help
+from pipelines.simulator.run import run_simulation
+from pipelines.spark import build_spark
+from pipelines.transforms.help import HELP_TOPICS
+
+TAGS = (*HELP_TAGS, NO_ISSUE_TAG)
+
+
+def score_tags(truth: dict[str, str], got: dict[str, str]
+               ) -> tuple[Counter[tuple[str, str]], dict[str, tuple[float, float]]]:
+    """(confusion counts of (true cause, primary tag), {tag: (precision, recall)}).
+
+    A request with no tag counts as `MISSING`; a tag nobody predicted has precision 1.
+    """
+    confusion = Counter((cause, got.get(h, "MISSING")) for h, cause in truth.items())
+    scores = {}
+    for tag in sorted(set(truth.values()) | {t for t in got.values()}):
+        tp = confusion[(tag, tag)]
+        predicted = sum(n for (_, g), n in confusion.items() if g == tag)
+        actual = sum(n for (c, _), n in confusion.items() if c == tag)
+        scores[tag] = (tp / predicted if predicted else 1.0, tp / actual if actual else 1.0)
+    return confusion, scores
+
+
+@dataclass
+class LoadRun:
+    classrooms: int
+    engine: str
+    requests: int
+    tags: int
+    accuracy: float
+    latency: dict[str, float]
+    offered_rate: float
+    processed_rate: float
+    batch_ms: list[int]
+    lag_at_end_s: float | None
+    state_rows: int
+
+
+@dataclass
+class HelpBenchReport:
+    started_at: str
+    machine: dict[str, str]
+    settings: dict[str, object]
+    accuracy: tuple[int, Counter[tuple[str, str]], dict[str, tuple[float, float]]] | None = None
+    loads: list[LoadRun] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _truth(path: Path) -> dict[str, str]:
+    return {h: t["cause"] for h, t in json.loads(path.read_text()).items()}
+
+
+def _tags(settings: Settings) -> dict[str, str]:
+    path = settings.table_path(HELP_TAGS_TABLE)
+    if not DeltaTable.is_deltatable(path):
+        return {}
+    rows = DeltaTable(path).to_pyarrow_table(columns=["help_id", "primary_tag"]).to_pylist()
+    return {r["help_id"]: r["primary_tag"] for r in rows}
+
+
+def _accuracy_run(spark: SparkSession, settings: Settings, classrooms: int, seed: int,
+                  console: Console) -> tuple[int, Counter, dict]:
+    ensure_topics(settings.kafka.client_options(), settings.kafka_topic_configs())
+    truth_path = Path(settings.storage.path("truth.json"))
+    run_simulation(settings, classrooms=classrooms, duration_s=120, seed=seed, progress=False,
+                   ground_truth_path=truth_path)
+    console.print(f"accuracy: {classrooms} lessons produced; tagging (--once waits for the "
+                  "simulated clock, ~2 min)")
+    run_help(spark, settings, once=True)
+    truth = _truth(truth_path)
+    confusion, scores = score_tags(truth, _tags(settings))
+    return len(truth), confusion, scores
+
+
+def _simulate_cmd(classrooms: int, duration_s: float, seed: int, truth: Path) -> list[str]:
+    exe = Path(sys.executable).with_name("lakehouse")
+    return [str(exe), "simulate", "--classrooms", str(classrooms), "--duration",
+            str(duration_s), "--seed", str(seed), "--rate-multiplier", "1",
+            "--ground-truth", str(truth)]
+
+
+def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: int,
+              duration_s: float, seed: int, engine: str, console: Console) -> LoadRun:
+    env = {**env, "LAKEHOUSE_ROOT": str(root), "LAKEHOUSE__HELP__ENGINE": engine,
+           "LAKEHOUSE__KAFKA__TOPIC_PREFIX": f"load{classrooms}{engine}."}
+    settings = load_settings(None, environ=env)
+    ensure_topics(settings.kafka.client_options(), settings.kafka_topic_configs())
+    topics = [settings.kafka_topic(t) for t in HELP_TOPICS]
+    job = start_help(spark, settings, once=False)
+    progress: dict[int, dict] = {}
+
+    def poll() -> None:
+        for p in job.query.recentProgress:
+            progress.setdefault(p["batchId"], p)
+        if job.query.exception() is not None:
+            raise job.query.exception()
+
+    while not progress:  # the first (empty) batch: plans, starts the Python workers
+        time.sleep(0.5)
+        poll()
+    truth_path = root / "truth.json"
+    log = (root / "simulate.log").open("w")
+    console.print(f"load: {classrooms} lessons x {duration_s:g} s at real time, engine {engine}")
+    sim = subprocess.Popen(_simulate_cmd(classrooms, duration_s, seed, truth_path), env=env,
+                           stdout=log, stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    while sim.poll() is None:
+        time.sleep(1)
+        poll()
+    sim_s = time.monotonic() - t0
+    if sim.returncode != 0:
+        raise RuntimeError(f"simulate failed ({sim.returncode}); see {root / 'simulate.log'}")
+    ends = kafka_end_offsets(settings, topics)
+    offered = sum(o for parts in ends.values() for o in parts.values()) / sim_s
+    truth = _truth(truth_path)
+    t_end, lag = time.monotonic(), None
+    deadline = t_end + 120 + settings.help.window_before_s + settings.help.evidence_slack_s
+    while job.sink.tags < len(truth) and time.monotonic() < deadline:
+        time.sleep(1)
+        poll()
+        if lag is None and any(p["sources"] and caught_up(p["sources"][0].get("endOffset"), ends)
+                               for p in progress.values()):
+            lag = time.monotonic() - t_end
+    job.query.stop()
+    job.ticker.stop()
+    job.sink.close()
+    busy = [p for p in progress.values() if p.get("numInputRows")]
+    rows = sum(int(p["numInputRows"]) for p in busy)
+    busy_s = sum(p["durationMs"].get("triggerExecution", 0) for p in busy) / 1000
+    state = max((sum(int(o.get("numRowsTotal") or 0) for o in p.get("stateOperators") or [])
+                 for p in progress.values()), default=0)
+    got = _tags(settings)
+    return LoadRun(
+        classrooms=classrooms, engine=engine, requests=len(truth), tags=len(got),
+        accuracy=sum(got.get(h) == c for h, c in truth.items()) / max(len(truth), 1),
+        latency=help_latency(spark, settings) if got else {},
+        offered_rate=offered, processed_rate=rows / busy_s if busy_s else 0.0,
+        batch_ms=[int(p["durationMs"].get("triggerExecution", 0)) for p in busy],
+        lag_at_end_s=lag, state_rows=state)
+
+
+def run_help_bench(base: Settings, *, loads: list[int], duration_s: float,
+                   accuracy_classrooms: int, seed: int, with_join: bool, output: Path | None,
+                   console: Console) -> HelpBenchReport:
+    """Run the stages on a broker of its own; print the results; append them to `output`."""
+    cfg = base.help
+    report = HelpBenchReport(
+        started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        machine=machine_info(),
+        settings={"engine": cfg.engine.value, "trigger_seconds": cfg.trigger_seconds,
+                  "watermark_delay_s": cfg.watermark_delay_s,
+                  "window": f"-{cfg.window_before_s:g} s / +{cfg.window_after_s:g} s",
+                  "tick_interval_s": cfg.tick_interval_s,
+                  "shuffle_partitions": base.spark.shuffle_partitions,
+                  "spark.master": base.spark.master})
+    work = Path(tempfile.mkdtemp(prefix="bench-help-"))
+    env = {**os.environ, "LAKEHOUSE__BROKER__PORT": str(_free_port()),
+           "LAKEHOUSE__BROKER__STORAGE": "memory://tansu/", "LAKEHOUSE__BROKER__EMBEDDED": "true",
+           "LAKEHOUSE__SIMULATOR__HELP_SHARE": "0.5", "LAKEHOUSE_PROFILE": base.profile.value,
+           "LAKEHOUSE_ROOT": str(work / "broker")}
+    broker = EmbeddedBroker(load_settings(None, environ=env), environ=env)
+    broker.start()
+    spark = build_spark(load_settings(None, environ=env), app_name="bench-help")
+    try:
+        if accuracy_classrooms:
+            acc_env = {**env, "LAKEHOUSE_ROOT": str(work / "accuracy"),
+                       "LAKEHOUSE__KAFKA__TOPIC_PREFIX": "accuracy."}
+            report.accuracy = _accuracy_run(spark, load_settings(None, environ=acc_env),
+                                            accuracy_classrooms, seed, console)
+        runs = [(n, cfg.engine.value) for n in loads]
+        if with_join:
+            runs.append((loads[0], "join"))
+        for n, engine in runs:
+            try:
+                report.loads.append(_load_run(spark, env, work / f"load-{n}-{engine}", n,
+                                              duration_s, seed, engine, console))
+            except Exception as exc:  # record what broke it and go on with the next load
+                report.notes.append(f"{n} lessons ({engine}): failed: {exc!s:.300}")
+                console.print(f"[red]{report.notes[-1]}[/red]")
+    finally:
+        spark.stop()
+        broker.stop(kill=True)
+    report.machine["load_after"] = os.getloadavg().__repr__()
+    for table in render(report):
+        console.print(table)
+    if output is not None:
+        append_markdown(report, output, loads, duration_s, accuracy_classrooms, seed, with_join)
+    return report
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value / 1000:,.1f} s"
+
+
+def load_rows(report: HelpBenchReport) -> list[tuple[str, ...]]:
+    rows = []
+    for r in report.loads:
+        lat = r.latency
+        rows.append((f"{r.classrooms:,}", r.engine, f"{r.tags}/{r.requests}", f"{r.accuracy:.0%}",
+                     " / ".join(_ms(lat.get(f"event_p{q}_ms")) for q in (50, 95, 99)),
+                     " / ".join(_ms(lat.get(f"broker_p{q}_ms")) for q in (50, 95, 99)),
+                     f"{r.offered_rate:,.0f}", f"{r.processed_rate:,.0f}",
+                     f"{statistics.median(r.batch_ms) / 1000:.1f} / {max(r.batch_ms) / 1000:.1f}"
+                     if r.batch_ms else "-",
+                     "-" if r.lag_at_end_s is None else f"{r.lag_at_end_s:.0f} s",
+                     f"{r.state_rows:,}"))
+    return rows
+
+
+LOAD_COLUMNS = ("lessons", "engine", "tagged", "primary ok", "latency p50/p95/p99 (event)",
+                "latency p50/p95/p99 (broker)", "offered ev/s", "processed ev/s",
+                "batch median/max", "lag at end", "state rows (max)")
+
+
+def confusion_rows(report: HelpBenchReport) -> tuple[list[str], list[tuple[str, ...]]]:
+    assert report.accuracy is not None
+    _, confusion, scores = report.accuracy
+    predicted = [t for t in (*TAGS, "MISSING") if any(g == t for _, g in confusion)]
+    rows = []
+    for cause in TAGS:
+        if not any(c == cause for c, _ in confusion):
+            continue
+        precision, recall = scores.get(cause, (1.0, 1.0))
+        rows.append((cause, *[str(confusion[(cause, g)] or "") for g in predicted],
+                     f"{precision:.2f}", f"{recall:.2f}"))
+    return ["cause \\ primary tag", *predicted, "precision", "recall"], rows
+
+
+def render(report: HelpBenchReport) -> list[Table]:
+    tables = []
+    if report.accuracy is not None:
+        columns, rows = confusion_rows(report)
+        table = Table(title=f"bench help: confusion matrix ({report.accuracy[0]} requests)")
+        for c in columns:
+            table.add_column(c)
+        for row in rows:
+            table.add_row(*row)
+        tables.append(table)
+    table = Table(title="bench help: latency request -> tag on Kafka, under paced load")
+    for c in LOAD_COLUMNS:
+        table.add_column(c, justify="right")
+    for row in load_rows(report):
+        table.add_row(*row)
+    tables.append(table)
+    return tables
+
+
+def _md(columns: list[str] | tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+            *("| " + " | ".join(row) + " |" for row in rows), ""]
+
+
+def append_markdown(report: HelpBenchReport, output: Path, loads: list[int], duration_s: float,
+                    accuracy_classrooms: int, seed: int, with_join: bool) -> None:
+    """Append this run as its own section (other benches append theirs to the same file)."""
+    command = (f"lakehouse bench help {' '.join(f'--classrooms {n}' for n in loads)} "
+               f"--duration {duration_s:g} --accuracy-classrooms {accuracy_classrooms} "
+               f"--seed {seed}{' --join' if with_join else ''}")
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
+                   if k.startswith("LAKEHOUSE__HELP__") or k == "LAKEHOUSE__SPARK__MASTER")
+    m = report.machine
+    lines = [f"## bench help, {report.started_at}", "",
+             f"Command: `{(env + ' ') if env else ''}{command}`. Method: module docstring of "
+             "`pipelines/bench/help.py`.", "",
+             "Settings: " + ", ".join(f"{k} {v}" for k, v in report.settings.items()) + ".", "",
+             f"Machine: {m['cpu']}, {m['nproc']} CPUs, {m['memory']}; load average before "
+             f"{m['load']}, after {m.get('load_after', '?')}; {m['versions']}.", ""]
+    if report.accuracy is not None:
+        columns, rows = confusion_rows(report)
+        lines += [f"Accuracy ({accuracy_classrooms} lessons x 120 s, help share 0.5, seed "
+                  f"{seed}, {report.accuracy[0]} requests):", "", *_md(columns, rows)]
+    lines += ["Latency under load (help share 0.5, paced at real time):", "",
+              *_md(LOAD_COLUMNS, load_rows(report))]
+    lines += [f"- {note}" for note in report.notes]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("a") as fh:
+        fh.write("\n" + "\n".join(lines).rstrip() + "\n")

@@ -1,0 +1,200 @@
+"""The help job's I/O: the tick producer and the foreachBatch sink (Kafka, then Delta).
+
+Delivery: Kafka first, then Delta. Delta gets each batch once (the streaming transaction), and
+help_ids already in gold.help_tags are never written or published again; a batch replayed after
+a crash between the two writes publishes its tags to Kafka a second time (at least once, same
+help_id key), so Kafka consumers dedupe by help_id.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import date
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipelines.config import HelpEngine, Settings
+from pipelines.io.delta import DeltaRsWriter, delta_writer, streaming_query_id
+from pipelines.transforms.help import apply_tag_rules, tag_records, tag_requests
+
+HELP_TAGS_TABLE = "gold.help_tags"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Ticker:
+    """Produces a tick to the job's tick topic every `interval_s` (a daemon thread)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from confluent_kafka import Producer
+
+        self.topic = settings.kafka_topic(settings.help.tick_topic)
+        self.interval_s = settings.help.tick_interval_s
+        self.producer = Producer({**settings.kafka.client_options(), "linger.ms": 0,
+                                  "acks": "all"})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="help-ticker", daemon=True)
+
+    def tick(self) -> None:
+        self.producer.produce(self.topic, orjson.dumps({"tick_ms": now_ms()}))
+        self.producer.poll(0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.tick()
+
+    def start(self) -> Ticker:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.producer.flush(5)
+
+
+class HelpTagSink:
+    """foreachBatch: rules -> guard -> Kafka (key help_id, JSON) -> gold.help_tags (once)."""
+
+    def __init__(self, settings: Settings, checkpoint: str) -> None:
+        cfg = settings.help
+        self.settings = settings
+        self.checkpoint = checkpoint
+        self.writer = delta_writer(settings)
+        self.path = settings.table_path(HELP_TAGS_TABLE)
+        self.topic = settings.kafka_topic(cfg.tags_topic)
+        if cfg.engine is HelpEngine.JOIN:
+            rules = apply_tag_rules(cfg.rules, cfg.priority)
+            self.records = lambda df: df.transform(rules).transform(tag_records)
+        else:
+            self.records = tag_requests(cfg)
+        self.app_id: str | None = None
+        self.producer = None
+        self.known: dict[date, set[str]] = {}
+        self.tags = self.skipped = 0
+        self.timings: dict[int, dict[str, float]] = {}  # batch id -> phase -> seconds
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        spark = batch.sparkSession
+        if self.app_id is None:
+            self.app_id = streaming_query_id(spark, self.checkpoint)
+        clock = _Phases(self.timings.setdefault(batch_id, {}))
+        table = batch.transform(self.records).toArrow()
+        clock.lap("compute")
+        if table.num_rows == 0:
+            return
+        table = self._new_only(spark, table)
+        if table.num_rows == 0:
+            return
+        table = with_tag_times(table, now_ms(), self.app_id, batch_id)
+        self._publish(table)
+        clock.lap("kafka")
+        self.writer.append(spark.createDataFrame(table), self.path,
+                           partition_by=["request_date"], app_id=self.app_id, version=batch_id)
+        clock.lap("delta")
+        for day, help_id in zip(table["request_date"].to_pylist(),
+                                table["help_id"].to_pylist(), strict=True):
+            self.known.setdefault(day, set()).add(help_id)
+        self.tags += table.num_rows
+
+    def close(self) -> None:
+        """Deliver what is queued and let the producer go (call once the query stopped)."""
+        if self.producer is not None:
+            self.producer.flush(10)
+            self.producer = None
+
+    def _new_only(self, spark: SparkSession, table: pa.Table) -> pa.Table:
+        """Drop help_ids tagged before (in gold.help_tags) and repeats within the batch."""
+        keep, seen = [], set()
+        for i, (day, help_id) in enumerate(zip(table["request_date"].to_pylist(),
+                                               table["help_id"].to_pylist(), strict=True)):
+            if help_id in seen or help_id in self._known_on(spark, day):
+                continue
+            seen.add(help_id)
+            keep.append(i)
+        self.skipped += table.num_rows - len(keep)
+        return table.take(pa.array(keep, pa.int64()))
+
+    def _known_on(self, spark: SparkSession, day: date) -> set[str]:
+        """help_ids in gold.help_tags for one request date (read once, then kept up to date)."""
+        if day not in self.known:
+            ids: set[str] = set()
+            if self.writer.exists(self.path):
+                if isinstance(self.writer, DeltaRsWriter):
+                    from deltalake import DeltaTable
+
+                    ids = set(DeltaTable(self.path).to_pyarrow_table(
+                        columns=["help_id"], partitions=[("request_date", "=", day.isoformat())]
+                    )["help_id"].to_pylist())
+                else:
+                    ids = {r.help_id for r in self.writer.read(spark, self.path)
+                           .where(F.col("request_date") == F.lit(day))
+                           .select("help_id").collect()}
+            self.known[day] = ids
+        return self.known[day]
+
+    def _publish(self, table: pa.Table) -> None:
+        from confluent_kafka import Producer
+
+        if self.producer is None:
+            self.producer = Producer({**self.settings.kafka.client_options(), "linger.ms": 5,
+                                      "acks": "all"})
+        failures: list[str] = []
+
+        def on_delivery(err: object, _msg: object) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        for row in table.to_pylist():
+            self.producer.produce(self.topic, key=row["help_id"].encode(),
+                                  value=tag_message(row), on_delivery=on_delivery)
+        remaining = self.producer.flush(self.settings.kafka.read_timeout_seconds)
+        if remaining or failures:
+            raise RuntimeError(f"{self.topic}: {remaining} tags unsent, {len(failures)} failed "
+                               f"({failures[:1]})")
+
+
+class _Phases:
+    """Wall seconds of each phase of a batch, into `out` (for the bench and the logs)."""
+
+    def __init__(self, out: dict[str, float]) -> None:
+        self.out, self.t = out, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.out[name] = now - self.t
+        self.t = now
+
+
+def with_tag_times(table: pa.Table, tagged_at_ms: int, query_id: str, batch_id: int) -> pa.Table:
+    """Stamp tagged_at and the latencies: request event time and broker time -> tag."""
+    n = table.num_rows
+
+    def ms(column: str) -> pa.Array:
+        return pc.divide(pc.cast(pc.cast(table[column], pa.timestamp("us", tz="UTC")), pa.int64()),
+                         1000)
+
+    tagged = pa.array([tagged_at_ms] * n, pa.int64())
+    return (table
+            .append_column("tagged_at", pc.cast(pc.multiply(tagged, 1000),
+                                                pa.timestamp("us", tz="UTC")))
+            .append_column("latency_ms", pc.subtract(tagged, ms("request_time")))
+            .append_column("broker_latency_ms", pc.subtract(tagged, ms("request_broker_time")))
+            .append_column("query_id", pa.array([query_id] * n, pa.string()))
+            .append_column("batch_id", pa.array([batch_id] * n, pa.int64())))
+
+
+def tag_message(row: dict) -> bytes:
+    """The classroom.help.tags value: the tag record as JSON, times in epoch ms."""
+    out = {k: v for k, v in row.items() if k not in {"evidence", "request_date"}}
+    for key in ("request_time", "request_broker_time", "tagged_at"):
+        out[key + "_ms"] = int(out.pop(key).timestamp() * 1000)
+    out["evidence"] = orjson.Fragment(row["evidence"])
+    return orjson.dumps(out)

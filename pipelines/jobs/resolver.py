@@ -1,0 +1,172 @@
+"""`lakehouse run resolver`: run each tagged Help request's playbook until it is resolved or
+escalated (DESIGN.md "Automatic resolution").
+
+One query:
+
+    Kafka (classroom.help.tags + the five classroom topics, one source)
+      -> kafka_to_bronze -> resolver_inputs (candidates, the shared validation, rows)
+      -> run_playbooks: per classroom, transformWithStateInPandas + processing-time timers
+      -> foreachBatch: Kafka classroom.help.actions / .escalations -> gold.help_resolutions
+
+Why transformWithStateInPandas: the playbook is timer-driven (confirm timeouts, retries, the
+total timeout) with several state variables of different lifetimes per classroom (open cases,
+evidence with a TTL, finished ids with a TTL). applyInPandasWithState has one timeout per group
+and one state object; here each case sets its own wake-up, finished cases leave the map at
+once, and TTLs bound the rest. Processing time, not the watermark: a playbook's deadlines are
+promises to people in a lesson, and must fire while the streams are quiet.
+
+Delivery (Kafka, then Delta, exactly once there): pipelines/jobs/resolver_sink.py.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.streaming import StreamingQuery
+from rich.console import Console
+
+from pipelines.config import Settings
+from pipelines.io.kafka import caught_up, kafka_end_offsets, read_kafka_stream
+from pipelines.io.kafka_admin import ensure_topics
+from pipelines.jobs.help import query_conf
+from pipelines.jobs.resolver_sink import HELP_RESOLUTIONS_TABLE, ResolverSink
+from pipelines.transforms.bronze import kafka_to_bronze
+from pipelines.transforms.help import HELP_TOPICS
+from pipelines.transforms.resolver import resolver_inputs, run_playbooks
+
+
+def resolver_stream(spark: SparkSession, settings: Settings, checkpoint: str) -> DataFrame:
+    """The streaming part: Kafka -> one row per case transition."""
+    cfg = settings.resolver
+    tags_topic = settings.kafka_topic(settings.help.tags_topic)
+    topics = [*(settings.kafka_topic(t) for t in HELP_TOPICS), tags_topic]
+    if cfg.max_records_per_trigger is not None:
+        kafka = settings.kafka.model_copy(
+            update={"max_records_per_trigger": cfg.max_records_per_trigger})
+        settings = settings.model_copy(update={"kafka": kafka})
+    return (read_kafka_stream(spark, settings, topics, checkpoint=checkpoint)
+            .transform(kafka_to_bronze)
+            .transform(resolver_inputs(settings.help.rules, tags_topic))
+            .transform(run_playbooks(cfg)))
+
+
+def resolver_query_conf(settings: Settings) -> dict[str, str]:
+    """Few state partitions (each costs a Python worker per batch); changelog checkpoints."""
+    return {"spark.sql.shuffle.partitions": str(settings.resolver.state_partitions),
+            "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true"}
+
+
+@dataclass
+class ResolverJob:
+    query: StreamingQuery
+    sink: ResolverSink
+    until_offsets: dict[str, dict[str, int]] | None  # `--once`: the tags there at the start
+
+
+def _topics_to_create(settings: Settings) -> dict[str, int]:
+    names = {t.name: t.partitions for t in settings.topics}
+    wanted = [settings.help.tags_topic, settings.resolver.actions_topic,
+              settings.resolver.escalations_topic, *HELP_TOPICS]
+    return {settings.kafka_topic(n): names.get(n, 1) for n in wanted}
+
+
+def start_resolver(spark: SparkSession, settings: Settings, *, once: bool) -> ResolverJob:
+    """Start the resolver query on an existing session (CLI, demo, tests)."""
+    ensure_topics(settings.kafka.client_options(), _topics_to_create(settings))
+    checkpoint = settings.checkpoint_path("resolver")
+    target = None
+    if once:
+        target = kafka_end_offsets(settings, [settings.kafka_topic(settings.help.tags_topic)])
+    sink = ResolverSink(settings, checkpoint)
+    trigger_ms = int(settings.resolver.trigger_seconds * 1000)
+    writer = (resolver_stream(spark, settings, checkpoint).writeStream.queryName("resolver")
+              .option("checkpointLocation", checkpoint)
+              .foreachBatch(sink)
+              .trigger(processingTime=f"{trigger_ms} milliseconds"))
+    with query_conf(spark, resolver_query_conf(settings)):
+        query = writer.start()
+    return ResolverJob(query, sink, target)
+
+
+def await_resolver(job: ResolverJob, settings: Settings, *, console: Console | None = None,
+                   poll_s: float = 0.5) -> tuple[int, int]:
+    """Run until Ctrl-C, or (`--once`) until the tags there at the start are read and every
+    case reached a final state (at most the total timeout later, since every case escalates
+    by then). Returns (micro-batches with input, input rows); a failed query raises."""
+    query, seen, batches, rows = job.query, -1, 0, 0
+    read_all_at: float | None = None
+    limit_s = settings.resolver.total_timeout_s + 30
+    printed = -1
+    try:
+        while query.isActive:
+            query.awaitTermination(poll_s)
+            for progress in query.recentProgress:
+                if progress["batchId"] <= seen:
+                    continue
+                seen = progress["batchId"]
+                n = int(progress.get("numInputRows") or 0)
+                batches, rows = batches + (n > 0), rows + n
+                if console is not None and job.sink.transitions != printed:
+                    printed = job.sink.transitions
+                    console.print(f"[dim]resolver batch {seen}: {n:,} rows, "
+                                  f"{job.sink.actions} actions, {job.sink.escalations} "
+                                  f"escalations, {len(job.sink.open_cases)} open[/dim]")
+                if (job.until_offsets is not None and read_all_at is None
+                        and progress["sources"]
+                        and caught_up(progress["sources"][0].get("endOffset"),
+                                      job.until_offsets)):
+                    read_all_at = time.monotonic()
+            if read_all_at is not None and query.isActive and (
+                    not job.sink.open_cases or time.monotonic() - read_all_at > limit_s):
+                query.stop()
+    except KeyboardInterrupt:
+        query.stop()
+    finally:
+        job.sink.close()
+    exc = query.exception()
+    if exc is not None:
+        raise exc
+    return batches, rows
+
+
+@dataclass
+class ResolverResult:
+    batches: int
+    rows: int
+    transitions: int
+    actions: int
+    escalations: int
+    skipped: int
+    open_cases: int
+
+    def __str__(self) -> str:
+        return (f"resolver: {self.batches} micro-batches, {self.rows:,} input rows, "
+                f"{self.transitions} transitions, {self.actions} actions and "
+                f"{self.escalations} escalations published ({self.skipped} already published, "
+                f"skipped), {self.open_cases} cases still open")
+
+
+def run_resolver(spark: SparkSession, settings: Settings, *, once: bool,
+                 console: Console | None = None) -> ResolverResult:
+    """Start, await and summarise the resolver on an existing session."""
+    job = start_resolver(spark, settings, once=once)
+    batches, rows = await_resolver(job, settings, console=console)
+    s = job.sink
+    return ResolverResult(batches, rows, s.transitions, s.actions, s.escalations, s.skipped,
+                          len(s.open_cases))
+
+
+def run_resolver_job(settings: Settings, *, once: bool, console: Console | None = None
+                     ) -> ResolverResult:
+    from pipelines.spark import build_spark
+
+    spark = build_spark(settings, app_name="lakehouse-resolver")
+    try:
+        return run_resolver(spark, settings, once=once, console=console)
+    finally:
+        spark.stop()
+
+
+__all__ = ["HELP_RESOLUTIONS_TABLE", "run_resolver", "run_resolver_job", "start_resolver"]

@@ -1,0 +1,166 @@
+"""The resolver's foreachBatch sink: actions and escalations to Kafka, then gold.help_resolutions.
+
+Delivery, per micro-batch of transitions:
+1. skip ACT rows whose action_id, and ESCALATED rows whose help_id, gold.help_resolutions
+   already holds (a batch replayed after its Delta commit publishes nothing again);
+2. produce the rest (actions keyed by classroom_id, escalations by help_id) and wait for acks;
+3. append the batch to gold.help_resolutions with the streaming transaction (query id,
+   batch id): a replayed batch is never written twice.
+
+The window left: a crash after 2 and before 3 replays the batch, which derives the same
+transitions (same input offsets, same state version, same batch timestamp), and publishes the
+same actions again, with the same action_id "<help_id>:<attempt>:<action>". That is why the
+action_id is the idempotency key: consumers (the simulator, real clients) apply an action_id
+once. Escalations repeat the same way, keyed by help_id.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame, SparkSession
+
+from pipelines.config import Settings
+from pipelines.io.delta import DeltaRsWriter, delta_writer, streaming_query_id
+from pipelines.transforms.playbook import ACT, ESCALATED, FINAL_STATES
+
+HELP_RESOLUTIONS_TABLE = "gold.help_resolutions"
+ACTION_FIELDS = ("action_id", "help_id", "classroom_id", "lesson_id", "target_role", "action",
+                 "primary_tag", "attempt")
+
+
+def action_message(row: dict[str, Any]) -> bytes:
+    """The classroom.help.actions value (DESIGN.md "Automatic resolution")."""
+    return orjson.dumps({**{k: row[k] for k in ACTION_FIELDS},
+                         "issued_at_ms": row["transition_ms"]})
+
+
+class ResolverSink:
+    """foreachBatch: guard -> Kafka (actions, escalations) -> gold.help_resolutions (once).
+
+    Also follows every help_id's newest state, so `--once` knows when all cases are final.
+    """
+
+    def __init__(self, settings: Settings, checkpoint: str) -> None:
+        cfg = settings.resolver
+        self.settings = settings
+        self.checkpoint = checkpoint
+        self.writer = delta_writer(settings)
+        self.path = settings.table_path(HELP_RESOLUTIONS_TABLE)
+        self.actions_topic = settings.kafka_topic(cfg.actions_topic)
+        self.escalations_topic = settings.kafka_topic(cfg.escalations_topic)
+        self.app_id: str | None = None
+        self.producer: Any = None
+        self.known_actions: set[str] = set()
+        self.known_escalated: set[str] = set()
+        self.last_state: dict[str, str] = {}  # help_id -> newest state written
+        self.seeded = False
+        self.actions = self.escalations = self.transitions = self.skipped = 0
+
+    @property
+    def open_cases(self) -> list[str]:
+        return [h for h, s in self.last_state.items() if s not in FINAL_STATES]
+
+    def seed(self, spark: SparkSession) -> None:
+        """What gold.help_resolutions holds: published action_ids, escalations, open cases."""
+        if self.seeded:
+            return
+        self.seeded = True
+        if not self.writer.exists(self.path):
+            return
+        columns = ["help_id", "state", "seq", "action_id"]
+        if isinstance(self.writer, DeltaRsWriter):
+            from deltalake import DeltaTable
+
+            rows = DeltaTable(self.path).to_pyarrow_table(columns=columns).to_pylist()
+        else:
+            rows = [r.asDict() for r in self.writer.read(spark, self.path)
+                    .select(*columns).collect()]
+        self._remember(sorted(rows, key=lambda r: r["seq"]))
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        spark = batch.sparkSession
+        if self.app_id is None:
+            self.app_id = streaming_query_id(spark, self.checkpoint)
+        self.seed(spark)
+        table = batch.toArrow()
+        if table.num_rows == 0:
+            return
+        rows = sorted(table.to_pylist(), key=lambda r: (r["help_id"], r["seq"]))
+        actions = [r for r in rows if r["state"] == ACT
+                   and r["action_id"] not in self.known_actions]
+        escalations = [r for r in rows if r["state"] == ESCALATED
+                       and r["help_id"] not in self.known_escalated]
+        self.skipped += sum(r["state"] in (ACT, ESCALATED) for r in rows) - len(actions) \
+            - len(escalations)
+        self._publish(actions, escalations)
+        if self.settings.resolver.kill_after_publish_batch == batch_id:
+            os.kill(os.getpid(), signal.SIGKILL)  # tests: the documented crash window
+        self.writer.append(spark.createDataFrame(gold_rows(table, batch_id)), self.path,
+                           partition_by=["transition_date"], app_id=self.app_id,
+                           version=batch_id)
+        if self.settings.faults.kill_after_delta_commit_batch == batch_id:
+            os.kill(os.getpid(), signal.SIGKILL)  # tests: replay after the Delta commit
+        self._remember(rows)
+        self.actions += len(actions)
+        self.escalations += len(escalations)
+        self.transitions += len(rows)
+
+    def _remember(self, rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            if r["action_id"] is not None:
+                self.known_actions.add(r["action_id"])
+            if r["state"] == ESCALATED:
+                self.known_escalated.add(r["help_id"])
+            self.last_state[r["help_id"]] = r["state"]
+
+    def _publish(self, actions: list[dict[str, Any]], escalations: list[dict[str, Any]]
+                 ) -> None:
+        if not actions and not escalations:
+            return
+        from confluent_kafka import Producer
+
+        if self.producer is None:
+            self.producer = Producer({**self.settings.kafka.client_options(), "linger.ms": 2,
+                                      "acks": "all"})
+        failures: list[str] = []
+
+        def on_delivery(err: object, _msg: object) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        for r in actions:
+            self.producer.produce(self.actions_topic, key=r["classroom_id"].encode(),
+                                  value=action_message(r), on_delivery=on_delivery)
+        for r in escalations:
+            self.producer.produce(self.escalations_topic, key=r["help_id"].encode(),
+                                  value=r["message"].encode(), on_delivery=on_delivery)
+        remaining = self.producer.flush(self.settings.kafka.read_timeout_seconds)
+        if remaining or failures:
+            raise RuntimeError(f"resolver: {remaining} messages unsent, {len(failures)} failed "
+                               f"({failures[:1]})")
+
+    def close(self) -> None:
+        if self.producer is not None:
+            self.producer.flush(10)
+            self.producer = None
+
+
+def gold_rows(table: pa.Table, batch_id: int) -> pa.Table:
+    """Processor output -> gold.help_resolutions columns (times as timestamps, batch id)."""
+    def ts(column: str) -> pa.Array:
+        return pc.cast(pc.multiply(pc.cast(table[column], pa.int64()), 1000),
+                       pa.timestamp("us", tz="UTC"))
+
+    transition = ts("transition_ms")
+    out = table.drop_columns(["transition_ms", "request_ms", "message"])
+    return (out.append_column("escalation", table["message"])
+               .append_column("transition_time", transition)
+               .append_column("request_time", ts("request_ms"))
+               .append_column("transition_date", pc.cast(transition, pa.date32()))
+               .append_column("batch_id", pa.array([batch_id] * table.num_rows, pa.int64())))

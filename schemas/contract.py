@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Literal
 
 import orjson
 
+from pipelines.config import HELP_TAGS, NO_ISSUE_TAG
+
 if TYPE_CHECKING:  # pyspark is heavy; only the Spark helpers import it, lazily
     from pyspark.sql.types import DataType, StructType
 
@@ -201,6 +203,12 @@ _HELP_REQUEST = (
     _f("help_id", "string", True, nonempty=True),
     _f("category", "string", True, allowed=HELP_CATEGORIES),
 )
+# A client's answer to `request_client_diagnostics`: what it finds wrong (a Help tag), if anything.
+HELP_FINDINGS = (*HELP_TAGS, NO_ISSUE_TAG)
+_HELP_DIAGNOSTICS = (
+    _f("help_id", "string", True, nonempty=True),
+    _f("finding", "string", True, allowed=HELP_FINDINGS),
+)
 
 
 def _v1(fields: tuple[FieldSpec, ...]) -> tuple[PayloadVersion, ...]:
@@ -219,6 +227,8 @@ _TYPES = (
     EventType("wb.sync_lag", "classroom.whiteboard", _v1(_WB_SYNC_LAG)),
     EventType("enter.step", "classroom.enter", _v1(_ENTER_STEP)),
     EventType("help.request", "classroom.help", _v1(_HELP_REQUEST)),
+    EventType("help.diagnostics", "classroom.help", _v1(_HELP_DIAGNOSTICS),
+              "a client's diagnostics reply to the resolver (closed loop); not a Help request"),
 )
 
 EVENT_TYPES: Mapping[str, EventType] = {t.name: t for t in _TYPES}

@@ -32,6 +32,7 @@ PAYLOADS: dict[str, dict[str, Any]] = {
     "wb.sync_lag": {"courseware_id": "cw-1", "lag_ms": 120},
     "enter.step": {"step": "join_room", "duration_ms": 250},
     "help.request": {"help_id": "h-1", "category": "cannot_hear"},
+    "help.diagnostics": {"help_id": "h-1", "finding": "STUDENT_MIC_MUTED"},
 }
 
 
@@ -55,7 +56,7 @@ def test_topics_follow_the_design() -> None:
         "signal.disconnect": "classroom.signal", "signal.reconnect": "classroom.signal",
         "wb.page_turn": "classroom.whiteboard", "wb.load_fail": "classroom.whiteboard",
         "wb.sync_lag": "classroom.whiteboard", "enter.step": "classroom.enter",
-        "help.request": "classroom.help"}
+        "help.request": "classroom.help", "help.diagnostics": "classroom.help"}
     assert set(PAYLOADS) == set(EVENT_TYPES)
 
 
@@ -170,6 +171,17 @@ def test_rule_failures_name_the_rule(path: str, value: object, rule: str) -> Non
 def test_enter_steps_and_help_categories_are_closed_sets() -> None:
     assert reasons(event("enter.step", step="teleport")) == ["rule_failed"]
     assert reasons(event("help.request", category="bored")) == ["rule_failed"]
+
+
+def test_diagnostics_findings_are_the_help_tags() -> None:
+    from pipelines.config import HELP_TAGS
+
+    for finding in (*HELP_TAGS, "NO_ISSUE_DETECTED"):
+        assert reasons(event("help.diagnostics", finding=finding)) == []
+    assert reasons(event("help.diagnostics", finding="FINE")) == ["rule_failed"]
+    bad = event("help.diagnostics")
+    del bad["payload"]["finding"]
+    assert reasons(bad) == ["missing_field"]
 
 
 @pytest.mark.parametrize("raw", [

@@ -44,7 +44,8 @@ class BadInputInjector:
         self.total = cum
         self.table = table
         self._log_keep = math.log(1.0 - cum) if 0 < cum < 1 else 0.0
-        self.previous: list[SimEvent] = []
+        self.previous: list[SimEvent] = []  # the last whole tick
+        self.current: list[SimEvent] = []  # this tick's events so far, when it comes in chunks
         self.skip = self._gap()
 
     def _gap(self) -> int:
@@ -55,15 +56,21 @@ class BadInputInjector:
             return 0
         return int(math.log(1.0 - self.rng.random()) / self._log_keep)
 
-    def process(self, window: list[SimEvent]) -> list[SimEvent]:
-        """Return the tick's events with bad ones substituted (or, for duplicates, inserted).
+    def process(self, chunk: list[SimEvent], end_of_tick: bool = True) -> list[SimEvent]:
+        """Return the chunk's events with bad ones substituted (or, for duplicates, inserted).
+
+        A tick may come in several consecutive chunks (the last with `end_of_tick`); the picks
+        and duplicates are exactly those of the whole tick in one piece, so the chunking
+        (how often the producer loop looks for actions) never changes the output.
 
         Events are picked as if each were drawn with probability `total` (protected ones are
         passed over to the next); a pick becomes each kind with probability share/total. A
         duplicate re-sends an earlier good event of this or the previous tick (same bytes, same
         event_id) just before the pick, which itself goes out intact.
         """
-        n, i, rnd = len(window), self.skip, self.rng.random
+        base = len(self.current)
+        window = self.current + chunk if base else chunk  # the tick so far
+        n, i, rnd = len(window), base + self.skip, self.rng.random
         inserts: list[tuple[int, SimEvent]] = []
         while i < n:
             ev = window[i]
@@ -75,8 +82,8 @@ class BadInputInjector:
             if kind is BadKind.DUPLICATE:
                 old = self._earlier(window, i)
                 if old is not None:
-                    inserts.append((i, SimEvent(old.topic, old.key, old.value, old.event_time,
-                                                kind, ev.sim_ms)))
+                    inserts.append((i - base, SimEvent(old.topic, old.key, old.value,
+                                                       old.event_time, kind, ev.sim_ms)))
             else:
                 event = orjson.loads(ev.value)
                 value = self._corrupt(kind, event)
@@ -84,16 +91,20 @@ class BadInputInjector:
                 window[i] = SimEvent(ev.topic, ev.key, value, event_time, kind, ev.sim_ms)
             i += 1 + self._gap()
         self.skip = i - n
-        self.previous = window
+        if end_of_tick:
+            self.previous, self.current = window, []
+        else:
+            self.current = list(window)  # a copy: the caller owns the list it is handed
+        mine = window[base:] if base else window
         if not inserts:
-            return window
+            return mine
         out: list[SimEvent] = []
         start = 0
         for i, dup in inserts:
-            out.extend(window[start:i])
+            out.extend(mine[start:i])
             out.append(dup)
             start = i
-        out.extend(window[start:])
+        out.extend(mine[start:])
         return out
 
     def _earlier(self, window: list[SimEvent], i: int) -> SimEvent | None:

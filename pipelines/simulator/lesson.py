@@ -143,6 +143,8 @@ class Lesson:
         self.phases = (rng.randrange(TICK_MS), rng.randrange(TICK_MS))
         self.oneoffs: list[SimEvent] = []
         self.truth: HelpTruth | None = None
+        self.requester: Participant | None = None  # who asks for Help (plan_help sets both)
+        self.victim: Participant | None = None  # whose client carries the fault
         failed = plan_help(self, cfg, duration_ms)
         for p in (self.teacher, self.student):
             if p is not failed:

@@ -8,6 +8,9 @@ from enum import StrEnum
 from typing import NamedTuple
 
 TICK_MS = 2000  # AV samples, heartbeats and whiteboard events: one per 2 s (DESIGN.md cadence)
+# Events are generated (and actions applied) this many simulated ms at a time: a reaction is
+# exact when the client's reaction delay is at least this long.
+WINDOW_MS = 500
 NEVER = 1 << 62  # "no such time": interval checks `a <= t < b` fail for it
 AV_COMBOS = (("up", "audio"), ("up", "video"), ("down", "audio"), ("down", "video"))
 NORMAL_STEPS = (("launch", 200, 1500), ("auth", 50, 400), ("fetch_lesson", 50, 600),
@@ -84,6 +87,10 @@ class HelpTruth:
     category: str
     fault_start_time: int | None  # epoch ms; None for NO_ISSUE_DETECTED
     fault_end_time: int | None
+    # The closed loop's fault model, drawn at planning: can an action clear this fault, and
+    # which one (None when none can, including NO_ISSUE_DETECTED: there is nothing to fix).
+    fixable: bool = False
+    fix_action: str | None = None
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)

@@ -90,13 +90,18 @@ def simulate(
         min=0, help="0 = as fast as possible; 1 = real time; 2 = twice real time.")] = 0,
     ground_truth: Annotated[Path | None, typer.Option(
         help="Ground-truth JSON file (help_id -> injected cause); default under the root.")] = None,
+    react: Annotated[bool | None, typer.Option(
+        "--react/--no-react", help="Close the loop: apply classroom.help.actions (fixes, "
+        "diagnostics replies) by the fault model in conf. Default: when paced "
+        "(--rate-multiplier > 0).")] = None,
 ) -> None:
     """Produce the five classroom event streams (with injected faults and bad input)."""
     from pipelines.simulator.run import run_simulation
 
     cfg = settings()
     summary = run_simulation(cfg, classrooms=classrooms, duration_s=duration, seed=seed,
-                             rate_multiplier=rate_multiplier, ground_truth_path=ground_truth)
+                             rate_multiplier=rate_multiplier, ground_truth_path=ground_truth,
+                             react=react)
     Console().print(summary.render())
 
 
@@ -135,6 +140,19 @@ def run_help(
     from pipelines.jobs.help import run_help_job
 
     result = run_help_job(settings(), once=once, console=console)
+    console.print(result)
+
+
+@run_app.command("resolver")
+def run_resolver(
+    once: Annotated[bool, typer.Option(
+        "--once", help="Run the playbooks of the tags in Kafka now, wait until every case is "
+        "resolved or escalated (at most the total timeout), and stop.")] = False,
+) -> None:
+    """Resolve tagged Help requests: classroom.help.actions/.escalations + gold.help_resolutions."""
+    from pipelines.jobs.resolver import run_resolver_job
+
+    result = run_resolver_job(settings(), once=once, console=console)
     console.print(result)
 
 
@@ -219,18 +237,23 @@ def bench_silver(
 # ---------------------------------------------------------------------------- demo
 @app.command()
 def demo(
-    classrooms: Annotated[int, typer.Option(min=1)] = 200,
-    duration: Annotated[float, typer.Option(min=5, help="Simulated seconds.")] = 60,
+    classrooms: Annotated[int, typer.Option(min=1, help="Concurrent lessons.")] = 300,
+    duration: Annotated[float, typer.Option(
+        min=30, help="Seconds of class, simulated at real time.")] = 150,
     seed: Annotated[int, typer.Option()] = 7,
+    drain_timeout: Annotated[float, typer.Option(
+        min=10, help="Longest wait after the simulation for the jobs to finish.")] = 180,
 ) -> None:
-    """Broker, a short simulation, bronze, and a summary of what landed."""
+    """The whole system live: broker, simulator, bronze, silver, gold, help, resolver, report."""
     from pipelines.demo import run_demo
 
-    run_demo(settings(), classrooms=classrooms, duration_s=duration, seed=seed, console=console)
+    run_demo(settings(), classrooms=classrooms, duration_s=duration, seed=seed,
+             console=console, drain_timeout_s=drain_timeout)
 
 
 def main() -> None:
     from pipelines.broker import BrokerError
+    from pipelines.demo import DemoError
     from pipelines.io.kafka_source import KafkaSourceError
     from pipelines.jobs.replay import ReplayError
     from pipelines.simulator.run import SimulationError
@@ -240,7 +263,7 @@ def main() -> None:
     except KeyboardInterrupt:  # pragma: no cover
         sys.exit(130)
     except (BrokerError, SimulationError, KafkaSourceError, ConfigError, ReplayError,
-            FileNotFoundError) as exc:
+            DemoError, FileNotFoundError) as exc:
         console.print(f"error: {exc}", markup=False)
         sys.exit(1)
 

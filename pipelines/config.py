@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -157,6 +157,58 @@ class BadInputShares(_Model):
     duplicate: float = Field(0.0, ge=0, le=1)
 
 
+# Corrective actions of the Help playbook (DESIGN.md "Automatic resolution"), as the simulated
+# clients understand them on `classroom.help.actions`.
+FixAction = Literal["switch_media_line", "prompt_unmute", "restart_video", "reload_courseware",
+                    "resend_enter_link"]
+DIAGNOSTICS_ACTION = "request_client_diagnostics"
+
+
+class FixRule(_Model):
+    """The action that clears one cause, and the share of such faults it clears (a fault's
+    fixability is drawn once, at planning, so the ground truth knows it)."""
+
+    action: FixAction
+    probability: float = Field(ge=0, le=1)
+
+
+class CauseFixes(_Model):
+    """One rule per injected cause (lower-case names, so env overrides reach them)."""
+
+    teacher_network: FixRule = FixRule(action="switch_media_line", probability=0.8)
+    student_network: FixRule = FixRule(action="switch_media_line", probability=0.8)
+    teacher_mic_muted: FixRule = FixRule(action="prompt_unmute", probability=0.95)
+    student_mic_muted: FixRule = FixRule(action="prompt_unmute", probability=0.95)
+    video_freeze: FixRule = FixRule(action="restart_video", probability=0.8)
+    whiteboard_load_fail: FixRule = FixRule(action="reload_courseware", probability=0.9)
+    teacher_not_entered: FixRule = FixRule(action="resend_enter_link", probability=0.85)
+    student_not_entered: FixRule = FixRule(action="resend_enter_link", probability=0.85)
+
+    def for_cause(self, cause: str) -> FixRule:
+        return getattr(self, cause.lower())  # type: ignore[no-any-return]
+
+
+class DelayRange(_Model):
+    min: float = Field(1.0, ge=0)
+    max: float = Field(3.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DelayRange:
+        if self.min > self.max:
+            raise ValueError("min must not exceed max")
+        return self
+
+
+class FaultModelConfig(_Model):
+    """How simulated clients react to `classroom.help.actions` (the closed loop)."""
+
+    # A client takes this long (uniform, seeded per action) to act on an action.
+    reaction_delay_s: DelayRange = Field(default_factory=DelayRange)
+    # A diagnostics reply names the active fault with this probability, else NO_ISSUE_DETECTED.
+    diagnostics_accuracy: float = Field(0.9, ge=0, le=1)
+    fixes: CauseFixes = Field(default_factory=CauseFixes)
+
+
 class SimulatorConfig(_Model):
     help_share: float = Field(0.10, ge=0, le=1)
     bad_input: BadInputShares = Field(default_factory=BadInputShares)
@@ -169,6 +221,7 @@ class SimulatorConfig(_Model):
     fault_persist_s: float = Field(60, ge=0)
     # Share of participants whose client already sends av.quality schema v2 (with `codec`).
     av_v2_share: float = Field(0.3, ge=0, le=1)
+    fault_model: FaultModelConfig = Field(default_factory=FaultModelConfig)
 
 
 class DimensionSource(StrEnum):
@@ -288,6 +341,119 @@ class HelpConfig(_Model):
         return [*value, *missing]  # unlisted tags rank last, in their default order
 
 
+class ResolverAction(StrEnum):
+    """Corrective actions on classroom.help.actions (DESIGN.md "Automatic resolution")."""
+
+    SWITCH_MEDIA_LINE = "switch_media_line"
+    PROMPT_UNMUTE = "prompt_unmute"
+    RESTART_VIDEO = "restart_video"
+    RELOAD_COURSEWARE = "reload_courseware"
+    RESEND_ENTER_LINK = "resend_enter_link"
+    REQUEST_CLIENT_DIAGNOSTICS = "request_client_diagnostics"
+
+
+class ActionTarget(StrEnum):
+    """Whose client an action addresses (and whose evidence confirms it)."""
+
+    TEACHER = "teacher"
+    STUDENT = "student"
+    REQUESTER = "requester"  # the role that pressed Help
+    CLASSROOM = "classroom"  # nobody in particular: target_role null, evidence of any role
+
+
+class ConfirmBy(StrEnum):
+    """What proves an action worked."""
+
+    QUIET = "quiet"  # no bad signal of `signals` for healthy_span_s while the role keeps sending
+    ENTER_SUCCESS = "enter_success"  # an enter_success of the role after the action
+    DIAGNOSTICS = "diagnostics"  # the client's help.diagnostics reply (re-tags the request)
+
+
+class PlaybookConfig(_Model):
+    """One primary tag's playbook: the action, whom it targets, how success shows, how long."""
+
+    action: ResolverAction
+    target: ActionTarget
+    signals: list[str] = Field(default_factory=list)  # help_signals kinds that show the problem
+    confirm: ConfirmBy = ConfirmBy.QUIET
+    # VALIDATE may end in RESOLVED_SELF (off for one-off evidence such as a load failure, where
+    # no new failure proves nothing until the client retries).
+    self_resolve: bool = True
+    confirm_timeout_s: float = Field(8, gt=0)
+    retries: int = Field(1, ge=0)
+
+
+def _playbook(action: ResolverAction, target: ActionTarget, signals: list[str],
+              **kw: Any) -> dict[str, Any]:
+    return {"action": action, "target": target, "signals": signals, **kw}
+
+
+_NET = ["bad_network_sample", "disconnect"]
+DEFAULT_PLAYBOOKS: dict[str, dict[str, Any]] = {
+    "TEACHER_NETWORK": _playbook(ResolverAction.SWITCH_MEDIA_LINE, ActionTarget.TEACHER, _NET),
+    "STUDENT_NETWORK": _playbook(ResolverAction.SWITCH_MEDIA_LINE, ActionTarget.STUDENT, _NET),
+    "TEACHER_MIC_MUTED": _playbook(ResolverAction.PROMPT_UNMUTE, ActionTarget.TEACHER,
+                                   ["mic_muted"]),
+    "STUDENT_MIC_MUTED": _playbook(ResolverAction.PROMPT_UNMUTE, ActionTarget.STUDENT,
+                                   ["mic_muted"]),
+    "VIDEO_FREEZE": _playbook(ResolverAction.RESTART_VIDEO, ActionTarget.REQUESTER,
+                              ["video_freeze"]),
+    "WHITEBOARD_LOAD_FAIL": _playbook(ResolverAction.RELOAD_COURSEWARE, ActionTarget.REQUESTER,
+                                      ["wb_load_fail"], self_resolve=False),
+    "TEACHER_NOT_ENTERED": _playbook(ResolverAction.RESEND_ENTER_LINK, ActionTarget.TEACHER,
+                                     ["enter_fail"], confirm=ConfirmBy.ENTER_SUCCESS),
+    "STUDENT_NOT_ENTERED": _playbook(ResolverAction.RESEND_ENTER_LINK, ActionTarget.STUDENT,
+                                     ["enter_fail"], confirm=ConfirmBy.ENTER_SUCCESS),
+    NO_ISSUE_TAG: _playbook(ResolverAction.REQUEST_CLIENT_DIAGNOSTICS, ActionTarget.REQUESTER,
+                            [], confirm=ConfirmBy.DIAGNOSTICS, self_resolve=False),
+}
+
+
+class ResolverConfig(_Model):
+    """`lakehouse run resolver`: the playbooks and the timing of the Help state machine."""
+
+    actions_topic: str = "classroom.help.actions"
+    escalations_topic: str = "classroom.help.escalations"
+    trigger_seconds: float = Field(1.0, ge=0)
+    state_partitions: int = Field(1, ge=1)  # fixed by the checkpoint once the query ran
+    max_records_per_trigger: int | None = Field(None, ge=1)  # default: kafka's cap
+    # Request (broker time) -> a final state at the latest: ESCALATED when reached.
+    total_timeout_s: float = Field(30, gt=0)
+    # After an action, evidence counts from action + grace (the client's reaction) ...
+    grace_s: float = Field(1, ge=0)
+    # ... and is healthy once the role kept sending this long with no bad signal of the kind.
+    healthy_span_s: float = Field(3, gt=0)
+    evidence_ttl_s: float = Field(180, gt=0)  # a classroom's evidence state without updates
+    done_ttl_s: float = Field(3600, gt=0)  # finished help_ids remembered (tag redelivery)
+    # Fault injection for the exactly-once tests: SIGKILL right after the first batch from this
+    # id on that published actions to Kafka, before its Delta commit. Never set in production.
+    kill_after_publish_batch: int | None = None
+    playbooks: dict[str, PlaybookConfig] = Field(default_factory=dict,
+                                                 validate_default=True)
+
+    @field_validator("playbooks", mode="before")
+    @classmethod
+    def _complete_playbooks(cls, value: Any) -> dict[str, Any]:
+        """Keys are tags (any case: env overrides arrive lower-cased); missing tags and fields
+        take the defaults, so an override can name one field of one playbook."""
+        given: dict[str, dict[str, Any]] = {}
+        for key, entry in (value or {}).items():  # YAML keys first, then the env's
+            if isinstance(entry, PlaybookConfig):
+                entry = entry.model_dump()
+            given[str(key).upper()] = {**given.get(str(key).upper(), {}), **(entry or {})}
+        unknown = sorted(set(given) - set(DEFAULT_PLAYBOOKS))
+        if unknown:
+            raise ValueError(f"unknown tags {unknown}; known: {list(DEFAULT_PLAYBOOKS)}")
+        out: dict[str, Any] = {}
+        for tag, default in DEFAULT_PLAYBOOKS.items():
+            out[tag] = {**default, **given.get(tag, {})}
+        return out
+
+    def playbook(self, tag: str) -> PlaybookConfig:
+        """The playbook of a primary tag (an unknown tag runs the NO_ISSUE_DETECTED one)."""
+        return self.playbooks.get(tag) or self.playbooks[NO_ISSUE_TAG]
+
+
 class Settings(_Model):
     profile: Profile = Profile.LOCAL
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -303,6 +469,7 @@ class Settings(_Model):
     postgres: PostgresConfig = Field(default_factory=PostgresConfig)
     silver: SilverConfig = Field(default_factory=SilverConfig)
     help: HelpConfig = Field(default_factory=HelpConfig)
+    resolver: ResolverConfig = Field(default_factory=ResolverConfig)
     gold: GoldConfig = Field(default_factory=GoldConfig)
 
     def table_path(self, table: str) -> str:

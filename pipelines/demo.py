@@ -1,28 +1,61 @@
-"""`lakehouse demo`: broker, a simulation, bronze -> silver -> gold, and what each produced."""
+"""`lakehouse demo`: the whole system live, in one Spark application, then its report.
+
+1. the embedded broker (started here unless one runs; a fresh memory broker clears old state);
+2. every streaming job on one Spark session: bronze, help and resolver from the start, silver
+   once bronze exists, gold once the silver tables exist (their sources must exist to start);
+3. the simulator as a child process (`lakehouse simulate --rate-multiplier 1`), paced at real
+   time so the resolver's actions reach it while the lessons still run, and it reacts;
+4. a live line per few seconds (what each query has done);
+5. once the simulation ends: each job drains (bronze and silver read everything, every request
+   is tagged, every case reaches a final state or the playbook's total timeout), all stop;
+6. the report (pipelines/demo_report.py) printed and written as Markdown + PNG under
+   `<root>/demo/`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyspark.sql import functions as F
+from deltalake import DeltaTable
+from pyspark.sql import SparkSession
+from pyspark.sql.streaming import StreamingQuery
 from rich.console import Console
-from rich.table import Table
 
 from pipelines.broker import EmbeddedBroker
 from pipelines.config import Settings
-from pipelines.io.delta import read_table
+from pipelines.demo_report import (
+    DemoReport,
+    collect_report,
+    render,
+    write_charts,
+    write_markdown,
+)
+from pipelines.io.delta import delta_writer
+from pipelines.io.kafka import caught_up, kafka_end_offsets
+from pipelines.io.kafka_admin import ensure_topics
 from pipelines.jobs.bronze import BRONZE_TABLE, start_bronze
-from pipelines.jobs.gold import HEALTH_TABLE, start_gold
+from pipelines.jobs.gold import HEALTH_SOURCES, start_gold
+from pipelines.jobs.help import HelpJob, start_help
 from pipelines.jobs.progress import ProgressRecorder
-from pipelines.jobs.runner import await_query
-from pipelines.jobs.silver import silver_report, start_silver
-from pipelines.simulator.run import run_simulation
+from pipelines.jobs.resolver import ResolverJob, start_resolver
+from pipelines.jobs.silver import start_silver
 from pipelines.spark import build_spark
+from pipelines.transforms.help import HELP_TOPICS
 
 # What a job run leaves under the root; stale once the broker that fed it is gone.
-_RUN_STATE = ("_checkpoints", "bronze", "silver", "gold")
+_RUN_STATE = ("_checkpoints", "bronze", "silver", "gold", "ops", "demo")
+
+
+class DemoError(RuntimeError):
+    """A stage of the demo failed; the message says which and where its log is."""
 
 
 def _reset_stale_state(settings: Settings, console: Console) -> None:
@@ -36,8 +69,107 @@ def _reset_stale_state(settings: Settings, console: Console) -> None:
             shutil.rmtree(path)
 
 
+@dataclass
+class _Jobs:
+    """The demo's streaming queries by name, and what stops each one cleanly."""
+
+    queries: dict[str, StreamingQuery] = field(default_factory=dict)
+    stoppers: dict[str, Callable[[], None]] = field(default_factory=dict)
+    help_job: HelpJob | None = None
+    resolver_job: ResolverJob | None = None
+
+    def add(self, name: str, query: StreamingQuery, stop: Callable[[], None] | None = None
+            ) -> None:
+        self.queries[name] = query
+        self.stoppers[name] = stop or query.stop
+
+    def check(self) -> None:
+        for name, query in self.queries.items():
+            exc = query.exception()
+            if exc is not None:
+                raise DemoError(f"the {name} query failed: {exc}") from exc
+
+    def last_progress(self, name: str) -> dict | None:
+        query = self.queries.get(name)
+        return query.lastProgress if query is not None else None
+
+    def stop_all(self) -> None:
+        """Stop every query (the newest first); a failure to stop one does not keep the rest."""
+        stoppers, self.stoppers = self.stoppers, {}
+        for stop in reversed(list(stoppers.values())):
+            with contextlib.suppress(Exception):
+                stop()
+
+
+def _start_resolver(spark: SparkSession, settings: Settings, jobs: _Jobs) -> None:
+    job = start_resolver(spark, settings, once=False)
+    jobs.resolver_job = job
+
+    def stop_resolver() -> None:
+        job.query.stop()
+        job.sink.close()
+
+    jobs.add("resolver", job.query, stop_resolver)
+
+
+def _start_pending(spark: SparkSession, settings: Settings, jobs: _Jobs) -> None:
+    """Start silver once bronze exists and gold once every silver health source exists."""
+    writer = delta_writer(settings)
+    if "silver" not in jobs.queries and writer.exists(settings.table_path(BRONZE_TABLE)):
+        jobs.add("silver", start_silver(spark, settings, once=False).query)
+    if "gold" not in jobs.queries and all(writer.exists(settings.table_path(t))
+                                          for t in HEALTH_SOURCES):
+        jobs.add("gold", start_gold(spark, settings, once=False).query)
+
+
+def _status_line(jobs: _Jobs, elapsed_s: float, phase: str) -> str:
+    parts = [f"[bold]{elapsed_s:5.0f} s[/bold] {phase}"]
+    for name in ("bronze", "silver", "gold", "help", "resolver"):
+        p = jobs.last_progress(name)
+        if p is None:
+            parts.append(f"{name} -")
+            continue
+        state = sum(int(op.get("numRowsTotal") or 0) for op in p.get("stateOperators") or [])
+        parts.append(f"{name} #{p['batchId']} {int(p.get('numInputRows') or 0):,} rows"
+                     + (f" state {state:,}" if p.get("stateOperators") else ""))
+    help_job = jobs.help_job
+    if help_job is not None:
+        parts.append(f"tags {help_job.sink.tags}")
+    return " | ".join(parts)
+
+
+def _simulate_cmd(classrooms: int, duration_s: float, seed: int, truth: Path) -> list[str]:
+    return [sys.executable, "-m", "pipelines.cli", "simulate", "--classrooms", str(classrooms),
+            "--duration", str(duration_s), "--seed", str(seed), "--rate-multiplier", "1",
+            "--ground-truth", str(truth)]
+
+
+def _drained(settings: Settings, jobs: _Jobs, ends: dict, truth_requests: int) -> bool:
+    """Bronze read every produced record, silver every bronze version, every request tagged,
+    every case final (what the resolver reports as open)."""
+    bronze = jobs.last_progress("bronze")
+    if bronze is None or not any(caught_up(s.get("endOffset"), ends) for s in bronze["sources"]):
+        return False
+    silver = jobs.last_progress("silver")
+    bronze_path = settings.table_path(BRONZE_TABLE)
+    if silver is None or not any(
+            caught_up(s.get("endOffset"), {"version": DeltaTable(bronze_path).version()})
+            for s in silver["sources"]):
+        return False
+    help_job = jobs.help_job
+    if help_job is not None and help_job.sink.tags + help_job.sink.skipped < truth_requests:
+        return False
+    resolver = jobs.resolver_job
+    if resolver is None:
+        return True
+    tags = kafka_end_offsets(settings, [settings.kafka_topic(settings.help.tags_topic)])
+    progress = jobs.last_progress("resolver")
+    return (progress is not None and not resolver.sink.open_cases
+            and any(caught_up(s.get("endOffset"), tags) for s in progress["sources"]))
+
+
 def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: int,
-             console: Console) -> None:
+             console: Console, drain_timeout_s: float = 180) -> DemoReport:
     broker = EmbeddedBroker(settings)
     status = broker.start()
     started_here = not status.already_running
@@ -45,64 +177,86 @@ def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: in
     if started_here and settings.broker.storage.startswith("memory://") \
             and "://" not in settings.storage.root:
         _reset_stale_state(settings, console)
-    spark = None
+    ensure_topics(settings.kafka.client_options(), settings.kafka_topic_configs())
+    out_dir = Path(settings.storage.path("demo"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    truth_path = out_dir / "ground_truth.json"
+    spark = build_spark(settings, app_name="lakehouse-demo")
+    jobs = _Jobs()
+    sim: subprocess.Popen | None = None
     try:
-        console.rule("[bold]1. simulate classrooms")
-        summary = run_simulation(settings, classrooms=classrooms, duration_s=duration_s,
-                                 seed=seed)
-        console.print(summary.render())
+        console.rule("[bold]1. streaming jobs on one Spark session")
+        spark.streams.addListener(ProgressRecorder(spark, settings))
+        jobs.add("bronze", start_bronze(spark, settings, once=False).query)
+        help_job = start_help(spark, settings, once=False)
+        jobs.help_job = help_job
 
-        console.rule("[bold]2. bronze: Kafka -> Delta, exactly once")
-        began = time.monotonic()
-        spark = build_spark(settings, app_name="lakehouse-demo")
-        spark_ready = time.monotonic()
-        job = start_bronze(spark, settings, once=True)
-        batches, rows = await_query(job.query, console=console, until_offsets=job.until_offsets)
-        ended = time.monotonic()
-        console.print(f"bronze: {rows:,} records in {batches} micro-batches, "
-                      f"{ended - spark_ready:.1f} s after a {spark_ready - began:.1f} s Spark "
-                      f"start ({rows / max(ended - spark_ready, 1e-9):,.0f} records/s)")
+        def stop_help() -> None:
+            help_job.query.stop()
+            help_job.ticker.stop()
+            help_job.sink.close()
 
-        console.rule("[bold]3. what landed")
-        bronze = read_table(spark, settings, BRONZE_TABLE)
-        per_topic = (bronze.groupBy("topic")
-                     .agg(F.count("*").alias("rows"),
-                          F.sum(F.col("value_raw").isNotNull().cast("int")).alias("not_utf8"),
-                          F.countDistinct("partition").alias("partitions"),
-                          F.max("offset").alias("max_offset"))
-                     .orderBy("topic").collect())
-        table = Table(title=f"{BRONZE_TABLE} at {settings.table_path(BRONZE_TABLE)}")
-        for column in ("topic", "rows", "not UTF-8 (kept raw)", "partitions", "max offset"):
-            table.add_column(column, justify="left" if column == "topic" else "right")
-        for row in per_topic:
-            table.add_row(row.topic, f"{row.rows:,}", f"{row.not_utf8:,}",
-                          str(row.partitions), f"{row.max_offset:,}")
-        console.print(table)
-        landed = sum(r.rows for r in per_topic)
-        verdict = "[green]every produced record landed once[/green]" if landed == summary.total \
-            else f"[yellow]{landed:,} rows vs {summary.total:,} produced in this run[/yellow]"
-        console.print(f"produced {summary.total:,}, bronze holds {landed:,}: {verdict}")
+        jobs.add("help", help_job.query, stop_help)
+        _start_resolver(spark, settings, jobs)
+        console.print("bronze, help and resolver started; silver and gold start once their "
+                      "source tables exist")
 
-        console.rule("[bold]4. silver: contract, dedup, enrichment, reject ledger")
-        recorder = ProgressRecorder(spark, settings)
-        spark.streams.addListener(recorder)
-        job = start_silver(spark, settings, once=True)
-        await_query(job.query, console=console, until_offsets=job.until_offsets)
-        console.print(silver_report(spark, settings))
+        console.rule(f"[bold]2. simulate {classrooms} classrooms x {duration_s:g} s at real time")
+        log_path = out_dir / "simulate.log"
+        with log_path.open("w") as log:
+            sim = subprocess.Popen(_simulate_cmd(classrooms, duration_s, seed, truth_path),
+                                   stdout=log, stderr=subprocess.STDOUT)
+        t0 = time.monotonic()
+        last_line = 0.0
+        while sim.poll() is None:
+            time.sleep(1)
+            jobs.check()
+            _start_pending(spark, settings, jobs)
+            if time.monotonic() - last_line >= 5:
+                last_line = time.monotonic()
+                console.print(_status_line(jobs, last_line - t0, "simulating"))
+        if sim.returncode != 0:
+            raise DemoError(f"the simulator failed (exit {sim.returncode}); see {log_path}")
 
-        console.rule("[bold]5. gold: classroom health per minute")
-        job = start_gold(spark, settings, once=True, console=console)
-        await_query(job.query, console=console, until_offsets=job.until_offsets)
-        health = read_table(spark, settings, HEALTH_TABLE)
-        worst = health.orderBy("health_score").limit(5).collect()
-        console.print(f"gold.classroom_health_1m: {health.count():,} finished classroom-minutes; "
-                      "least healthy:")
-        for row in worst:
-            console.print(f"  {row.classroom_id} {row.role:<8} {row.minute:%H:%M} "
-                          f"score {row.health_score:5.1f}  p95 loss {row.p95_packet_loss_pct}  "
-                          f"disconnects {row.disconnects}  enter failures {row.enter_failures}")
+        console.rule("[bold]3. drain: every record read, every request tagged and resolved")
+        truth_requests = len(json.loads(truth_path.read_text())) if truth_path.exists() else 0
+        ends = kafka_end_offsets(settings, [settings.kafka_topic(t) for t in HELP_TOPICS])
+        deadline = time.monotonic() + drain_timeout_s
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            jobs.check()
+            _start_pending(spark, settings, jobs)
+            if _drained(settings, jobs, ends, truth_requests):
+                break
+            if time.monotonic() - last_line >= 5:
+                last_line = time.monotonic()
+                console.print(_status_line(jobs, last_line - t0, "draining"))
+        else:
+            console.print(f"[yellow]not fully drained after {drain_timeout_s:.0f} s; the "
+                          "report shows what landed[/yellow]")
+        jobs.stop_all()
+
+        console.rule("[bold]4. report")
+        produced = sum(o for parts in ends.values() for o in parts.values())
+        report = collect_report(spark, settings, truth_path=truth_path, produced=produced,
+                                classrooms=classrooms, duration_s=duration_s, seed=seed,
+                                silver_tables=_silver_tables())
+        report.charts = write_charts(report, out_dir)
+        md = write_markdown(report, out_dir)
+        console.print(render(report))
+        console.print(f"report: {md} (charts: {', '.join(p.name for p in report.charts)})")
+        return report
     finally:
-        if spark is not None:
-            spark.stop()
+        if sim is not None and sim.poll() is None:
+            sim.terminate()
+            sim.wait(10)
+        jobs.stop_all()
+        spark.stop()
         if started_here:
             broker.stop()
+
+
+def _silver_tables() -> list[str]:
+    from pipelines.transforms.silver import SILVER_TABLES
+
+    return list(SILVER_TABLES.values())

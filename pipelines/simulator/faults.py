@@ -3,15 +3,18 @@
 A Help request's cause is chosen uniformly among the Help tags; its evidence is placed in the
 `fault_lead_s` before the request and, for ongoing faults, lasts `fault_persist_s` after it.
 Only the faulted participant's evidence changes, so exactly one tag is true for each request.
+Whether an action can clear the fault (the closed loop's fault model) is drawn here too, from an
+rng of its own, so the fault model never changes the events.
 """
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from pipelines.config import SimulatorConfig
+from pipelines.config import CauseFixes, SimulatorConfig
 from pipelines.simulator.model import (
     AV_COMBOS,
     EVENT_FMT,
@@ -31,8 +34,8 @@ if TYPE_CHECKING:
 AV_TOPIC = TOPIC_OF_EVENT_TYPE["av.quality"]
 SIGNAL_TOPIC = TOPIC_OF_EVENT_TYPE["signal.heartbeat"]
 _CAUSES = tuple(Cause)
-_ENTER_ERRORS = ("E_AUTH_EXPIRED", "E_LESSON_NOT_FOUND", "E_DEVICE_BLOCKED", "E_JOIN_TIMEOUT")
-_WB_ERRORS = ("WB_CDN_TIMEOUT", "WB_DECODE_ERROR", "WB_HTTP_404", "WB_HTTP_503")
+ENTER_ERRORS = ("E_AUTH_EXPIRED", "E_LESSON_NOT_FOUND", "E_DEVICE_BLOCKED", "E_JOIN_TIMEOUT")
+WB_ERRORS = ("WB_CDN_TIMEOUT", "WB_DECODE_ERROR", "WB_HTTP_404", "WB_HTTP_503")
 _dumps = orjson.dumps
 
 
@@ -58,6 +61,7 @@ def plan_help(lesson: Lesson, cfg: SimulatorConfig, duration_ms: int) -> Partici
     other = {id(teacher): student, id(student): teacher}
     either = (teacher, student)[rng.randrange(2)]
     fault: tuple[int | None, int | None] = (f0, f1)
+    victim: Participant | None
     if cause in (Cause.TEACHER_NETWORK, Cause.STUDENT_NETWORK):
         victim = teacher if cause is Cause.TEACHER_NETWORK else student
         victim.net0, victim.net1 = f0, f1
@@ -71,35 +75,51 @@ def plan_help(lesson: Lesson, cfg: SimulatorConfig, duration_ms: int) -> Partici
         victim.mute0, victim.mute1 = f0, f1
         requester, category = other[id(victim)], "cannot_hear"
     elif cause is Cause.VIDEO_FREEZE:  # the viewer's downlink freezes; the viewer asks
-        requester, category = either, "cannot_see"
+        requester = victim = either
+        category = "cannot_see"
         requester.frz0, requester.frz1 = f0, f1
     elif cause is Cause.WHITEBOARD_LOAD_FAIL:
-        requester, category = either, "whiteboard"
+        requester = victim = either
+        category = "whiteboard"
         begin = max(f0, requester.active + 500)
         times = sorted(begin + rng.randrange(help_t - begin) for _ in range(1 + rng.randrange(3)))
         for t in times:
             lesson.oneoff(requester, "wb.load_fail", "whiteboard", t,
                           {"courseware_id": lesson.courseware_id, "page": 1 + rng.randrange(20),
-                           "error_code": _WB_ERRORS[rng.randrange(len(_WB_ERRORS))]}, True)
+                           "error_code": WB_ERRORS[rng.randrange(len(WB_ERRORS))]}, True)
         fault = (times[0], times[-1])
     elif failed is not None:  # the one who cannot get in asks, from the enter screen
-        requester, category = failed, "cannot_enter"
+        requester = victim = failed
+        category = "cannot_enter"
         failed.active = NEVER  # never in the room: sends nothing but the failed attempts
         fault = (_failed_entry(lesson, failed, help_t), None)
     else:  # NO_ISSUE_DETECTED
         requester, category = either, ("cannot_hear", "cannot_see", "other")[rng.randrange(3)]
-        fault = (None, None)
+        fault, victim = (None, None), None
     help_id = new_uuid(rng.getrandbits)
     lesson.oneoff(requester, "help.request", requester.team, help_t,
                   {"help_id": help_id, "category": category}, True)
     start, end = fault
+    lesson.requester, lesson.victim = requester, victim
+    # Its own rng: the fault model never shifts the lesson's event stream.
+    fixable, fix_action = decide_fix(cause, cfg.fault_model.fixes,
+                                     random.Random(f"{lesson.classroom_id}:fix"))
     lesson.truth = HelpTruth(
         help_id=help_id, cause=cause, classroom_id=lesson.classroom_id,
         lesson_id=lesson.lesson_id, event_time=lesson.start_ms + help_t, role=requester.role,
         category=category,
         fault_start_time=None if start is None else lesson.start_ms + start,
-        fault_end_time=None if end is None else lesson.start_ms + end)
+        fault_end_time=None if end is None else lesson.start_ms + end,
+        fixable=fixable, fix_action=fix_action)
     return failed
+
+
+def decide_fix(cause: Cause, fixes: CauseFixes, rng: random.Random) -> tuple[bool, str | None]:
+    """(fixable, the action that fixes it): one draw against the cause's fix probability."""
+    if cause is Cause.NO_ISSUE_DETECTED:
+        return False, None
+    rule = fixes.for_cause(cause)
+    return (True, rule.action) if rng.random() < rule.probability else (False, None)
 
 
 def _disconnect(lesson: Lesson, p: Participant, t: int) -> None:
@@ -123,7 +143,7 @@ def _failed_entry(lesson: Lesson, p: Participant, help_t: int) -> int:
             break
         steps = [(n, lo + rng.randrange(hi - lo)) for n, lo, hi in NORMAL_STEPS]
         failing = 1 + rng.randrange(len(steps) - 1)  # fails after launch .. device_check
-        error = _ENTER_ERRORS[rng.randrange(len(_ENTER_ERRORS))]
+        error = ENTER_ERRORS[rng.randrange(len(ENTER_ERRORS))]
         t = lesson.enter_flow(p, t, steps[:failing], error) + 2000 + rng.randrange(2000)
     return first
 

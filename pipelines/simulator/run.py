@@ -24,8 +24,9 @@ from rich.table import Table
 
 from pipelines.config import Settings
 from pipelines.dimensions.store import publish_dimensions
-from pipelines.simulator.generator import generate_windows
+from pipelines.simulator.generator import EventGenerator
 from pipelines.simulator.model import GOOD, HelpTruth
+from pipelines.simulator.react import ActionFeed, ActionFeedError, HelpOutcome, Reactor
 from schemas.contract import TOPICS
 
 PACE_STEP_MS = 20  # paced runs re-check the clock every this many simulated ms
@@ -56,6 +57,7 @@ class SimulationSummary:
     classrooms: int = 0
     duration_s: float = 0.0
     start_ms: int = 0
+    reactions: dict[str, int] | None = None  # closed loop: actions by effect; None: not reacting
 
     def render(self) -> RenderableType:
         head = (f"[bold]{self.total:,}[/bold] events from {self.classrooms} classrooms, "
@@ -79,6 +81,9 @@ class SimulationSummary:
         for cause, count in sorted(self.causes.items()):
             helps.add_row(cause, str(count))
         parts: list[RenderableType] = [head, topics, bad, helps]
+        if self.reactions is not None:
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(self.reactions.items()))
+            parts.append(f"closed loop: {counts or 'no actions received'}")
         if self.ground_truth_path is not None:
             parts.append(f"ground truth: {self.ground_truth_path}")
         if self.delivery_failures:
@@ -95,11 +100,15 @@ def default_ground_truth_path(settings: Settings, seed: int) -> Path:
     return Path(location)
 
 
-def write_ground_truth(path: Path, truths: dict[str, HelpTruth]) -> None:
-    """Write {help_id: {cause, classroom_id, lesson_id, event_time, role, ...}} atomically."""
+def write_ground_truth(path: Path, truths: dict[str, HelpTruth],
+                       outcomes: dict[str, HelpOutcome] | None = None) -> None:
+    """Write {help_id: {cause, classroom_id, lesson_id, event_time, role, ..., fixable,
+    fix_action, fixed_at_ms, fixed_by_action_id, actions}} atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = {help_id: truth.to_json() for help_id, truth in truths.items()}
+    outcomes = outcomes or {}
+    data = {help_id: {**truth.to_json(), **outcomes.get(help_id, HelpOutcome()).to_json()}
+            for help_id, truth in truths.items()}
     tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     tmp.replace(path)
 
@@ -135,7 +144,8 @@ def _check_topics(producer: Producer, timeout_s: float, topics: list[str]) -> No
 
 def run_simulation(settings: Settings, *, classrooms: int, duration_s: float, seed: int,
                    rate_multiplier: float = 0, ground_truth_path: Path | None = None,
-                   progress: bool = True, start_ms: int | None = None) -> SimulationSummary:
+                   progress: bool = True, start_ms: int | None = None,
+                   react: bool | None = None) -> SimulationSummary:
     """Generate `classrooms` lessons for `duration_s` simulated seconds and produce them.
 
     Each record carries the simulated send time as its Kafka timestamp (as a real client
@@ -145,11 +155,16 @@ def run_simulation(settings: Settings, *, classrooms: int, duration_s: float, se
     `rate_multiplier` 0 produces as fast as possible; 1 paces simulated time to the wall
     clock; 2 runs twice as fast. `start_ms` (default: now) is the event_time of simulated
     second 0. The Help ground truth is written even if the run is interrupted.
+
+    `react` closes the loop (react.py): read classroom.help.actions between windows and let
+    the clients react. Default: only when paced (a reaction delay means nothing faster than
+    real time); if then the actions topic is missing, the run goes on without reacting.
     """
     if rate_multiplier < 0:
         raise ValueError("rate_multiplier must be >= 0")
     gt_path = ground_truth_path or default_ground_truth_path(settings, seed)
-    start = int(time.time() * 1000) if start_ms is None else start_ms
+    wall_start = int(time.time() * 1000)
+    start = wall_start if start_ms is None else start_ms
     failures: list[KafkaError] = []
 
     def on_delivery(err: KafkaError | None, _msg: object) -> None:
@@ -163,6 +178,11 @@ def run_simulation(settings: Settings, *, classrooms: int, duration_s: float, se
     publish_dimensions(settings, classrooms=classrooms, seed=seed, start_ms=start)
 
     truths: dict[str, HelpTruth] = {}
+    gen = EventGenerator(settings.simulator, classrooms, duration_s, seed, start, truths)
+    feed = _action_feed(settings, rate_multiplier > 0 if react is None else react,
+                        explicit=react is not None)
+    reactor = None if feed is None else Reactor(gen, settings.simulator.fault_model,
+                                                not_before_ms=wall_start)
     per_topic: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
     produce, poll = producer.produce, producer.poll
@@ -178,8 +198,7 @@ def run_simulation(settings: Settings, *, classrooms: int, duration_s: float, se
     t0 = time.perf_counter()
     try:
         with bar, _young_gc_relaxed():
-            for window in generate_windows(settings.simulator, classrooms, duration_s, seed,
-                                           start, truths):
+            for window in gen.windows():
                 # The hot loop: one produce per event (tuple unpacking beats attribute access).
                 for topic, key, value, _, _, sim_ms, _ in window:
                     if paced and sim_ms >= pace_next:
@@ -194,6 +213,9 @@ def run_simulation(settings: Settings, *, classrooms: int, duration_s: float, se
                 kinds.update(map(_kind, window))
                 total += len(window)
                 poll(0)
+                if feed is not None and reactor is not None:
+                    for action in feed.poll():  # between windows: the horizon is exact
+                        reactor.receive(action)
                 if window:
                     elapsed = time.perf_counter() - t0
                     bar.update(task, completed=window[-1].sim_ms, events=total,
@@ -206,7 +228,11 @@ def run_simulation(settings: Settings, *, classrooms: int, duration_s: float, se
         producer.flush(10)  # interrupted: deliver what is queued, so the truth file matches
         raise
     finally:
-        write_ground_truth(gt_path, truths)
+        if feed is not None and reactor is not None:
+            feed.close()
+            if feed.malformed:
+                reactor.counts["malformed"] += feed.malformed
+        write_ground_truth(gt_path, truths, reactor.outcomes if reactor else None)
     if remaining:
         raise SimulationError(f"{remaining} events still unsent after the flush timeout")
     if failures:
@@ -218,7 +244,21 @@ def run_simulation(settings: Settings, *, classrooms: int, duration_s: float, se
         elapsed_s=elapsed, rate=total / max(elapsed, 1e-9),
         causes=dict(Counter(t.cause.value for t in truths.values())),
         ground_truth_path=gt_path, delivery_failures=len(failures), seed=seed,
-        classrooms=classrooms, duration_s=duration_s, start_ms=start)
+        classrooms=classrooms, duration_s=duration_s, start_ms=start,
+        reactions=None if reactor is None else dict(reactor.counts))
+
+
+def _action_feed(settings: Settings, react: bool, explicit: bool) -> ActionFeed | None:
+    """The actions reader when reacting; a missing topic is an error only if asked for."""
+    if not react:
+        return None
+    try:
+        return ActionFeed(settings, timeout_s=min(settings.kafka.read_timeout_seconds, 15))
+    except ActionFeedError as exc:
+        if explicit:
+            raise SimulationError(f"cannot react to actions: {exc}") from exc
+        Console(stderr=True).print(f"[yellow]not reacting to actions: {exc}[/yellow]")
+        return None
 
 
 @contextmanager

@@ -99,7 +99,8 @@ class ResolverSink:
         self.skipped += sum(r["state"] in (ACT, ESCALATED) for r in rows) - len(actions) \
             - len(escalations)
         self._publish(actions, escalations)
-        if self.settings.resolver.kill_after_publish_batch == batch_id:
+        kill_from = self.settings.resolver.kill_after_publish_batch
+        if kill_from is not None and batch_id >= kill_from and actions:
             os.kill(os.getpid(), signal.SIGKILL)  # tests: the documented crash window
         self.writer.append(spark.createDataFrame(gold_rows(table, batch_id)), self.path,
                            partition_by=["transition_date"], app_id=self.app_id,

@@ -103,6 +103,15 @@ def healthy_since(ev: Evidence, book: PlaybookConfig, role: str | None, start_ms
     return alive is not None and alive - begin >= span_ms
 
 
+def recovering(ev: Evidence, book: PlaybookConfig, role: str | None, start_ms: int) -> bool:
+    """The newest evidence of the role after `start_ms` is healthy, the span not yet complete
+    (quiet playbooks only: an enter_success or a diagnostics reply is there or not)."""
+    if book.confirm is not ConfirmBy.QUIET:
+        return False
+    alive, last_bad = ev.alive_at(role), ev.last(book.signals, role)
+    return alive is not None and alive > start_ms and (last_bad is None or last_bad < alive)
+
+
 def open_case(tag: dict[str, Any], now_ms: int, cfg: ResolverConfig
               ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A new case from a tag record (classroom.help.tags JSON), and its NEW transition."""
@@ -156,6 +165,7 @@ def _act(case: dict[str, Any], book: PlaybookConfig, now_ms: int) -> list[dict[s
     case["action_ms"] = now_ms
     case["target_role"] = target_role(book, case["requester_role"])
     case["due_ms"] = now_ms + int(book.confirm_timeout_s * 1000)
+    case["extended"] = False
     case["tried"].append({"action": case["action"], "action_id": case["action_id"],
                           "attempt": case["attempt"], "target_role": case["target_role"],
                           "primary_tag": case["primary_tag"], "issued_at_ms": now_ms})
@@ -210,6 +220,13 @@ def advance(case: dict[str, Any], ev: Evidence, now_ms: int, cfg: ResolverConfig
                                  f"healthy after {case['action_id']}"))
                 continue
             if now_ms < case["due_ms"]:
+                break
+            if not case.get("extended") and recovering(ev, book, role,
+                                                       case["action_ms"] + grace_ms):
+                # Healthy since the action but not yet for the whole span: the client may
+                # have got the action late (a slow batch publishes it at its end). Once more.
+                case["extended"] = True
+                case["due_ms"] = now_ms + span_ms + grace_ms
                 break
             if case["book_attempts"] <= book.retries:
                 rows.extend(_act(case, book, now_ms))

@@ -22,7 +22,8 @@ DEFAULT_ARGS = {"owner": "data-platform", "retries": 2, "retry_delay": timedelta
     default_args=DEFAULT_ARGS,
 )
 def lakehouse_catch_up() -> None:
-    """Process everything Kafka and bronze hold now through bronze, silver and gold, then stop.
+    """Process everything Kafka and bronze hold now through bronze, silver and gold, then stop;
+    check silver against the contract's Great Expectations suites.
 
     For recovery after downtime, or a backfill after replaying rejects: each job resumes from
     its checkpoint and writes exactly once, so re-running this DAG is safe.
@@ -49,7 +50,27 @@ def lakehouse_catch_up() -> None:
 
         return str(run_gold_job(load_settings(), once=True))
 
-    gold(silver(bronze()))
+    @task
+    def quality_checkpoint(_: str) -> dict[str, dict[str, int]]:
+        """The contract as Great Expectations suites over every silver table; fails the run
+        (after its retries) when a table breaks a rule the stream should have enforced."""
+        from pipelines.config import load_settings
+        from pipelines.transforms.silver import SILVER_TABLES
+        from quality.expectations import check_silver_table
+
+        settings = load_settings()
+        failed = {}
+        for table in SILVER_TABLES.values():
+            report = check_silver_table(settings, table)
+            if not report.success:
+                failed[table] = {rule: n for rule, n in report.failed.items() if n}
+        if failed:
+            raise ValueError(f"silver breaks the contract: {failed}")
+        return failed
+
+    silvered = silver(bronze())
+    gold(silvered)
+    quality_checkpoint(silvered)
 
 
 @dag(

@@ -251,6 +251,35 @@ def demo(
              console=console, drain_timeout_s=drain_timeout)
 
 
+# ---------------------------------------------------------------------------- quality
+quality_app = typer.Typer(help="Batch contract checks (Great Expectations).",
+                          no_args_is_help=True)
+app.add_typer(quality_app, name="quality")
+
+
+@quality_app.command("check")
+def quality_check(
+    table: Annotated[list[str] | None, typer.Option(
+        help="Silver table(s) to check, e.g. silver.av_quality (default: every one).")] = None,
+) -> None:
+    """Validate silver tables against the contract's GE suites; exit 1 on any failure."""
+    from pipelines.transforms.silver import SILVER_TABLES
+    from quality.expectations import check_silver_table
+
+    cfg = settings()
+    failed = False
+    for name in table or list(SILVER_TABLES.values()):
+        report = check_silver_table(cfg, name)
+        failed |= not report.success
+        verdict = "[green]ok[/green]" if report.success else "[red]FAILED[/red]"
+        console.print(f"{name}: {report.rows:,} rows, {verdict}")
+        for rule, n in sorted(report.failed.items()):
+            if n:
+                console.print(f"  {rule}: {n:,} records")
+    if failed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     from pipelines.broker import BrokerError
     from pipelines.demo import DemoError

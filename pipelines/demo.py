@@ -69,25 +69,49 @@ def _reset_stale_state(settings: Settings, console: Console) -> None:
             shutil.rmtree(path)
 
 
+Started = tuple[StreamingQuery, Callable[[], None]]  # a query and what stops it cleanly
+
+
 @dataclass
 class _Jobs:
-    """The demo's streaming queries by name, and what stops each one cleanly."""
+    """The demo's streaming queries by name; a query that fails is restarted from its
+    checkpoint (exactly once makes that safe) up to `max_restarts` times, as a job supervisor
+    would: on a loaded 2-core machine a Python worker can miss Spark's 10 s connect-back."""
 
+    console: Console
+    max_restarts: int = 3
     queries: dict[str, StreamingQuery] = field(default_factory=dict)
     stoppers: dict[str, Callable[[], None]] = field(default_factory=dict)
+    starters: dict[str, Callable[[], Started]] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
     help_job: HelpJob | None = None
     resolver_job: ResolverJob | None = None
 
-    def add(self, name: str, query: StreamingQuery, stop: Callable[[], None] | None = None
-            ) -> None:
-        self.queries[name] = query
-        self.stoppers[name] = stop or query.stop
+    def start(self, name: str, starter: Callable[[], Started], *, wait_s: float = 120) -> None:
+        """Start a query and wait for its first progress, so Python workers start one query
+        at a time instead of all at once."""
+        self.starters[name] = starter
+        self.queries[name], self.stoppers[name] = starter()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and self.queries[name].lastProgress is None:
+            time.sleep(0.5)
+            self.check()
 
     def check(self) -> None:
-        for name, query in self.queries.items():
+        for name, query in list(self.queries.items()):
             exc = query.exception()
-            if exc is not None:
-                raise DemoError(f"the {name} query failed: {exc}") from exc
+            if exc is None:
+                continue
+            n = self.restarts.get(name, 0) + 1
+            if n > self.max_restarts:
+                raise DemoError(f"the {name} query failed {n} times; last: {exc}") from exc
+            self.restarts[name] = n
+            first_line = str(exc).strip().splitlines()[0][:200]
+            self.console.print(f"[yellow]{name} failed ({first_line}); restarting it from "
+                               f"its checkpoint ({n}/{self.max_restarts})[/yellow]")
+            with contextlib.suppress(Exception):
+                self.stoppers[name]()
+            self.queries[name], self.stoppers[name] = self.starters[name]()
 
     def last_progress(self, name: str) -> dict | None:
         query = self.queries.get(name)
@@ -101,25 +125,49 @@ class _Jobs:
                 stop()
 
 
-def _start_resolver(spark: SparkSession, settings: Settings, jobs: _Jobs) -> None:
-    job = start_resolver(spark, settings, once=False)
-    jobs.resolver_job = job
+def _start_jobs(spark: SparkSession, settings: Settings, jobs: _Jobs) -> None:
+    """Bronze, help and resolver, one after the other."""
+    def bronze() -> Started:
+        query = start_bronze(spark, settings, once=False).query
+        return query, query.stop
 
-    def stop_resolver() -> None:
-        job.query.stop()
-        job.sink.close()
+    def help_() -> Started:
+        job = jobs.help_job = start_help(spark, settings, once=False)
 
-    jobs.add("resolver", job.query, stop_resolver)
+        def stop() -> None:
+            job.query.stop()
+            job.ticker.stop()
+            job.sink.close()
+
+        return job.query, stop
+
+    def resolver() -> Started:
+        job = jobs.resolver_job = start_resolver(spark, settings, once=False)
+
+        def stop() -> None:
+            job.query.stop()
+            job.sink.close()
+
+        return job.query, stop
+
+    for name, starter in (("bronze", bronze), ("help", help_), ("resolver", resolver)):
+        jobs.start(name, starter)
 
 
 def _start_pending(spark: SparkSession, settings: Settings, jobs: _Jobs) -> None:
     """Start silver once bronze exists and gold once every silver health source exists."""
     writer = delta_writer(settings)
+
+    def started(query: StreamingQuery) -> Started:
+        return query, query.stop
+
     if "silver" not in jobs.queries and writer.exists(settings.table_path(BRONZE_TABLE)):
-        jobs.add("silver", start_silver(spark, settings, once=False).query)
+        jobs.start("silver", lambda: started(start_silver(spark, settings, once=False).query),
+                   wait_s=0)
     if "gold" not in jobs.queries and all(writer.exists(settings.table_path(t))
                                           for t in HEALTH_SOURCES):
-        jobs.add("gold", start_gold(spark, settings, once=False).query)
+        jobs.start("gold", lambda: started(start_gold(spark, settings, once=False).query),
+                   wait_s=0)
 
 
 def _status_line(jobs: _Jobs, elapsed_s: float, phase: str) -> str:
@@ -182,23 +230,14 @@ def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: in
     out_dir.mkdir(parents=True, exist_ok=True)
     truth_path = out_dir / "ground_truth.json"
     spark = build_spark(settings, app_name="lakehouse-demo")
-    jobs = _Jobs()
+    jobs = _Jobs(console)
     sim: subprocess.Popen | None = None
     try:
         console.rule("[bold]1. streaming jobs on one Spark session")
+        spark.sparkContext.setLogLevel("ERROR")  # the demo prints its own progress
         spark.streams.addListener(ProgressRecorder(spark, settings))
-        jobs.add("bronze", start_bronze(spark, settings, once=False).query)
-        help_job = start_help(spark, settings, once=False)
-        jobs.help_job = help_job
-
-        def stop_help() -> None:
-            help_job.query.stop()
-            help_job.ticker.stop()
-            help_job.sink.close()
-
-        jobs.add("help", help_job.query, stop_help)
-        _start_resolver(spark, settings, jobs)
-        console.print("bronze, help and resolver started; silver and gold start once their "
+        _start_jobs(spark, settings, jobs)
+        console.print("bronze, help and resolver are running; silver and gold start once their "
                       "source tables exist")
 
         console.rule(f"[bold]2. simulate {classrooms} classrooms x {duration_s:g} s at real time")

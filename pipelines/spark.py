@@ -40,6 +40,9 @@ def build_spark(settings: Settings, app_name: str | None = None) -> SparkSession
                 "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
         .config("spark.driver.memory", os.environ.get("LAKEHOUSE_DRIVER_MEMORY", "2g"))
         .config("spark.python.worker.reuse", "true")
+        # A larger thread stack: Spark matches a regex over the plan's text when a query stops,
+        # and the validation plan is long enough to overflow the default 1 MB stack there.
+        .config("spark.driver.extraJavaOptions", "-Xss16m")
     )
     for key, value in settings.spark.extra_conf.items():
         builder = builder.config(key, value)

@@ -37,4 +37,4 @@ def test_dags_parse_without_errors_or_database(tmp_path) -> None:
     found = dict(line.split() for line in result.stdout.splitlines()
                  if line.startswith("lakehouse_"))
     assert set(found) == {"lakehouse_catch_up", "lakehouse_maintenance"}
-    assert int(found["lakehouse_catch_up"]) == 3
+    assert int(found["lakehouse_catch_up"]) == 4  # bronze, silver, gold, quality checkpoint

@@ -142,6 +142,15 @@ def test_silver_accounts_for_every_bronze_record(spark, bronze_run) -> None:
     assert av and all(0 <= r["packet_loss_pct"] <= 100 for r in av)
     assert all(r["lesson_known"] for r in av), "simulated lessons are in dim.lesson"
 
+    # The batch side agrees: every silver table passes its Great Expectations suite (the same
+    # contract, checked after the fact as the Airflow checkpoint does).
+    from quality.expectations import check_silver_table
+
+    for table in SILVER_TABLES.values():
+        report = check_silver_table(settings, table)
+        assert report.success, (table, report.failed)
+        assert report.rows == len(table_rows(settings, table, ["event_id"]))
+
 
 @pytest.mark.e2e
 @pytest.mark.fault

@@ -187,7 +187,7 @@ class ResolverProcessor(StatefulProcessor):
     def _advance(self, cases: dict[str, dict[str, Any]], ev: Evidence, now: int
                  ) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        timers = set(self.handle.listTimers())
+        timers = {t for t in self.handle.listTimers() if t > now}  # expired ones are gone
         wanted: set[int] = set()
         for help_id, case in cases.items():
             out.extend(advance(case, ev, now, self.cfg))

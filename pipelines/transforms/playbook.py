@@ -164,14 +164,16 @@ def _act(case: dict[str, Any], book: PlaybookConfig, now_ms: int) -> list[dict[s
     case["action_id"] = f"{case['help_id']}:{case['attempt']}:{book.action.value}"
     case["action_ms"] = now_ms
     case["target_role"] = target_role(book, case["requester_role"])
-    case["due_ms"] = now_ms + int(book.confirm_timeout_s * 1000)
+    # The confirm window opens in the next micro-batch: this one publishes the action only
+    # at its end, which on a busy host can eat most of the window (see `advance`).
+    case["due_ms"] = None
     case["extended"] = False
     case["tried"].append({"action": case["action"], "action_id": case["action_id"],
                           "attempt": case["attempt"], "target_role": case["target_role"],
                           "primary_tag": case["primary_tag"], "issued_at_ms": now_ms})
     detail = f"attempt {case['book_attempts']} of {1 + book.retries}"
     return [_row(case, ACT, now_ms, detail),
-            _row(case, CONFIRM, now_ms, f"until {case['due_ms']} (processing time)")]
+            _row(case, CONFIRM, now_ms, f"{book.confirm_timeout_s:g} s from the next batch")]
 
 
 def advance(case: dict[str, Any], ev: Evidence, now_ms: int, cfg: ResolverConfig
@@ -200,6 +202,9 @@ def advance(case: dict[str, Any], ev: Evidence, now_ms: int, cfg: ResolverConfig
             else:
                 rows.extend(_act(case, book, now_ms))
         elif state == CONFIRM:
+            if case["due_ms"] is None and now_ms > case["action_ms"]:
+                # A later batch: the one that issued the action has published it by now.
+                case["due_ms"] = now_ms + int(book.confirm_timeout_s * 1000)
             if book.confirm is ConfirmBy.DIAGNOSTICS:
                 found = ev.findings.get(case["help_id"])
                 if found is not None and found[1] >= case["action_ms"] - grace_ms:
@@ -219,7 +224,7 @@ def advance(case: dict[str, Any], ev: Evidence, now_ms: int, cfg: ResolverConfig
                 rows.append(_row(case, RESOLVED_AUTO, now_ms,
                                  f"healthy after {case['action_id']}"))
                 continue
-            if now_ms < case["due_ms"]:
+            if case["due_ms"] is None or now_ms < case["due_ms"]:
                 break
             if not case.get("extended") and recovering(ev, book, role,
                                                        case["action_ms"] + grace_ms):
@@ -242,5 +247,7 @@ def wake_at(case: dict[str, Any]) -> int | None:
     """When the case must be looked at again without new input (processing time)."""
     if case["state"] in FINAL_STATES:
         return None
-    due = case["due_ms"] if case["state"] == CONFIRM else None
+    due = None
+    if case["state"] == CONFIRM:  # the next batch opens the confirm window (see _act)
+        due = case["action_ms"] + 1 if case["due_ms"] is None else case["due_ms"]
     return min(t for t in (due, case["deadline_ms"]) if t is not None)

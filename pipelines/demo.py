@@ -171,15 +171,16 @@ def _start_pending(spark: SparkSession, settings: Settings, jobs: _Jobs) -> None
 
 
 def _status_line(jobs: _Jobs, elapsed_s: float, phase: str) -> str:
-    parts = [f"[bold]{elapsed_s:5.0f} s[/bold] {phase}"]
+    """One line: per query its last batch id, input rows and (stateful ones) state rows."""
+    parts = [f"[bold]{elapsed_s:4.0f} s[/bold] {phase}"]
     for name in ("bronze", "silver", "gold", "help", "resolver"):
         p = jobs.last_progress(name)
         if p is None:
             parts.append(f"{name} -")
             continue
         state = sum(int(op.get("numRowsTotal") or 0) for op in p.get("stateOperators") or [])
-        parts.append(f"{name} #{p['batchId']} {int(p.get('numInputRows') or 0):,} rows"
-                     + (f" state {state:,}" if p.get("stateOperators") else ""))
+        parts.append(f"{name} #{p['batchId']} {int(p.get('numInputRows') or 0):,}"
+                     + (f"/{state:,}" if p.get("stateOperators") else ""))
     help_job = jobs.help_job
     if help_job is not None:
         parts.append(f"tags {help_job.sink.tags}")
@@ -235,7 +236,8 @@ def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: in
     try:
         console.rule("[bold]1. streaming jobs on one Spark session")
         spark.sparkContext.setLogLevel("ERROR")  # the demo prints its own progress
-        spark.streams.addListener(ProgressRecorder(spark, settings))
+        recorder = ProgressRecorder(spark, settings)
+        spark.streams.addListener(recorder)
         _start_jobs(spark, settings, jobs)
         console.print("bronze, help and resolver are running; silver and gold start once their "
                       "source tables exist")
@@ -274,6 +276,8 @@ def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: in
             console.print(f"[yellow]not fully drained after {drain_timeout_s:.0f} s; the "
                           "report shows what landed[/yellow]")
         jobs.stop_all()
+        time.sleep(3)  # the listener bus delivers the last progress events asynchronously
+        spark.streams.removeListener(recorder)
 
         console.rule("[bold]4. report")
         produced = sum(o for parts in ends.values() for o in parts.values())

@@ -39,6 +39,7 @@ class DemoReport:
     silver_rows: dict[str, int]
     rejects_by_reason: dict[str, int]
     duplicates: int
+    dropped_by_watermark: int
     help_requests: int
     tagged: int
     tag_accuracy: float
@@ -85,10 +86,11 @@ def collect_report(spark: SparkSession, settings: Settings, *, truth_path: Path,
     by_reason = {r.reject_reason: r["count"] for r in
                  rejects.groupBy("reject_reason").count().collect()} if rejects is not None else {}
     progress = _table(spark, settings, "ops.stream_progress")
-    duplicates = 0
+    duplicates = dropped = 0
     if progress is not None:
-        duplicates = int(progress.where(F.col("query_name") == "silver")
-                         .agg(F.sum("dropped_duplicates")).first()[0] or 0)
+        sums = (progress.where(F.col("query_name") == "silver")
+                .agg(F.sum("dropped_duplicates"), F.sum("dropped_by_watermark")).first())
+        duplicates, dropped = int(sums[0] or 0), int(sums[1] or 0)
 
     tags = _table(spark, settings, TAGS_TABLE)
     tag_rows = tags.select("help_id", "primary_tag", "latency_ms").toPandas() \
@@ -117,7 +119,8 @@ def collect_report(spark: SparkSession, settings: Settings, *, truth_path: Path,
     return DemoReport(
         classrooms=classrooms, duration_s=duration_s, seed=seed, produced=produced,
         bronze_rows=bronze.count() if bronze is not None else 0, silver_rows=silver_rows,
-        rejects_by_reason=by_reason, duplicates=duplicates, help_requests=len(truth),
+        rejects_by_reason=by_reason, duplicates=duplicates,
+        dropped_by_watermark=dropped, help_requests=len(truth),
         tagged=len(got), tag_accuracy=accuracy, tag_scores=scores, outcomes=dict(outcomes),
         outcomes_by_tag={t: dict(c) for t, c in by_tag.items()},
         open_cases=len(set(got) - set(final_of)),
@@ -141,6 +144,11 @@ def summary_rows(r: DemoReport) -> list[tuple[str, str]]:
             *((f"  rejected: {reason}", f"{n:,}")
               for reason, n in sorted(r.rejects_by_reason.items())),
             ("duplicates dropped (event_id)", f"{r.duplicates:,}"),
+            ("dropped behind the dedup watermark", f"{r.dropped_by_watermark:,}"),
+            ("bronze = accepted + rejected + duplicates + dropped",
+             "yes" if r.bronze_rows == sum(r.silver_rows.values())
+             + sum(r.rejects_by_reason.values()) + r.duplicates + r.dropped_by_watermark
+             else "no (a job had not drained)"),
             ("Help requests (ground truth)", f"{r.help_requests:,}"),
             ("tagged", f"{r.tagged:,}"),
             ("primary tag = injected cause", f"{r.tag_accuracy:.0%}"),

@@ -50,6 +50,8 @@ from pipelines.jobs.silver import start_silver
 from pipelines.spark import build_spark
 from pipelines.transforms.help import HELP_TOPICS
 
+# Queries whose progress goes to ops.stream_progress (help and resolver have their own tables).
+_RECORDED = ("bronze", "silver", "gold")
 # What a job run leaves under the root; stale once the broker that fed it is gone.
 _RUN_STATE = ("_checkpoints", "bronze", "silver", "gold", "ops", "demo")
 
@@ -219,13 +221,17 @@ def _drained(settings: Settings, jobs: _Jobs, ends: dict, truth_requests: int) -
 
 def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: int,
              console: Console, drain_timeout_s: float = 180) -> DemoReport:
-    broker = EmbeddedBroker(settings)
-    status = broker.start()
-    started_here = not status.already_running
-    console.print(status.describe())
-    if started_here and settings.broker.storage.startswith("memory://") \
-            and "://" not in settings.storage.root:
-        _reset_stale_state(settings, console)
+    broker, started_here = None, False
+    if settings.broker.embedded:
+        broker = EmbeddedBroker(settings)
+        status = broker.start()
+        started_here = not status.already_running
+        console.print(status.describe())
+        if started_here and settings.broker.storage.startswith("memory://") \
+                and "://" not in settings.storage.root:
+            _reset_stale_state(settings, console)
+    else:
+        console.print(f"Kafka: {settings.kafka.bootstrap_servers} (not embedded)")
     ensure_topics(settings.kafka.client_options(), settings.kafka_topic_configs())
     out_dir = Path(settings.storage.path("demo"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -236,7 +242,7 @@ def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: in
     try:
         console.rule("[bold]1. streaming jobs on one Spark session")
         spark.sparkContext.setLogLevel("ERROR")  # the demo prints its own progress
-        recorder = ProgressRecorder(spark, settings)
+        recorder = ProgressRecorder(spark, settings, query_names=_RECORDED)
         spark.streams.addListener(recorder)
         _start_jobs(spark, settings, jobs)
         console.print("bronze, help and resolver are running; silver and gold start once their "
@@ -276,7 +282,7 @@ def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: in
             console.print(f"[yellow]not fully drained after {drain_timeout_s:.0f} s; the "
                           "report shows what landed[/yellow]")
         jobs.stop_all()
-        time.sleep(3)  # the listener bus delivers the last progress events asynchronously
+        _await_recorder(jobs, recorder)
         spark.streams.removeListener(recorder)
 
         console.rule("[bold]4. report")
@@ -295,8 +301,21 @@ def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: in
             sim.wait(10)
         jobs.stop_all()
         spark.stop()
-        if started_here:
+        if broker is not None and started_here:
             broker.stop()
+
+
+def _await_recorder(jobs: _Jobs, recorder: ProgressRecorder, timeout_s: float = 60) -> None:
+    """The listener bus delivers progress events asynchronously: wait until the recorder has
+    handled each recorded query's last batch (the report reads its duplicate counts)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pending = [name for name in _RECORDED
+                   if (p := jobs.last_progress(name)) is not None
+                   and recorder.handled.get(name, -1) < p["batchId"]]
+        if not pending:
+            return
+        time.sleep(0.5)
 
 
 def _silver_tables() -> list[str]:

@@ -8,6 +8,7 @@ rejected + duplicates == input" checkable and state growth visible over a long r
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from datetime import datetime
 
 from pyspark.sql import SparkSession
@@ -51,10 +52,15 @@ def _ts(value: str | None) -> datetime | None:
 class ProgressRecorder(StreamingQueryListener):
     """A listener appending each batch's progress; replays of a batch id are skipped."""
 
-    def __init__(self, spark: SparkSession, settings: Settings) -> None:
+    def __init__(self, spark: SparkSession, settings: Settings,
+                 query_names: Collection[str] | None = None) -> None:
+        """`query_names`: record only these queries (None: all). Each event costs a Delta
+        commit, so a sub-second trigger left unfiltered delays everyone else's rows."""
         self.spark = spark
         self.settings = settings
         self.writer = delta_writer(settings)
+        self.query_names = None if query_names is None else set(query_names)
+        self.handled: dict[str, int] = {}  # query name -> newest batch id handled
 
     def onQueryStarted(self, event) -> None:
         pass
@@ -67,8 +73,12 @@ class ProgressRecorder(StreamingQueryListener):
 
     def onQueryProgress(self, event) -> None:
         progress = json.loads(event.progress.json)
-        if not progress.get("numInputRows") and not progress.get("stateOperators"):
+        name = progress.get("name")
+        if self.query_names is not None and name not in self.query_names:
             return
-        frame = self.spark.createDataFrame([progress_row(progress)], PROGRESS_SCHEMA)
-        self.writer.append(frame, self.settings.table_path(PROGRESS_TABLE), partition_by=[],
-                           app_id=f"{progress['id']}:progress", version=int(progress["batchId"]))
+        if progress.get("numInputRows") or progress.get("stateOperators"):
+            frame = self.spark.createDataFrame([progress_row(progress)], PROGRESS_SCHEMA)
+            self.writer.append(frame, self.settings.table_path(PROGRESS_TABLE),
+                               partition_by=[], app_id=f"{progress['id']}:progress",
+                               version=int(progress["batchId"]))
+        self.handled[name] = int(progress["batchId"])

@@ -126,13 +126,20 @@ def _state_summary(state: list[int]) -> str:
             + f"; max {max(state):,}, median {statistics.median(state):,.0f}")
 
 
+def _env_prefix() -> str:
+    """The LAKEHOUSE__ overrides this run used, as they would be typed before the command."""
+    overrides = sorted((k, v) for k, v in os.environ.items() if k.startswith("LAKEHOUSE__"))
+    return "".join(f"{k}={v} " for k, v in overrides)
+
+
 def _append_markdown(output: Path, events: int, classrooms: int, duration_s: float,
                      bronze: StageRate, silver: StageRate, ratio: float, state: list[int]) -> None:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "", f"## bench silver — {when}", "",
-        f"Command: `lakehouse bench silver --classrooms {classrooms} --duration {duration_s:g}`"
-        f" ({events:,} simulated events, every bad-input kind; {os.cpu_count()} cores).", "",
+        f"Command: `{_env_prefix()}lakehouse bench silver --classrooms {classrooms} "
+        f"--duration {duration_s:g}` ({events:,} simulated events, every bad-input kind; "
+        f"{os.cpu_count()} cores; load average after {os.getloadavg()[0]:.1f}).", "",
         "| stage | rows | micro-batches | busy s | rows/s |", "|---|---:|---:|---:|---:|",
         *(f"| {s.name} | {s.rows:,} | {s.batches} | {s.busy_s:.1f} | {s.rate:,.0f} |"
           for s in (bronze, silver)),

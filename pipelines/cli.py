@@ -237,12 +237,12 @@ def bench_silver(
 # ---------------------------------------------------------------------------- demo
 @app.command()
 def demo(
-    classrooms: Annotated[int, typer.Option(min=1, help="Concurrent lessons.")] = 300,
+    classrooms: Annotated[int, typer.Option(min=1, help="Concurrent lessons.")] = 200,
     duration: Annotated[float, typer.Option(
         min=30, help="Seconds of class, simulated at real time.")] = 150,
     seed: Annotated[int, typer.Option()] = 7,
     drain_timeout: Annotated[float, typer.Option(
-        min=10, help="Longest wait after the simulation for the jobs to finish.")] = 180,
+        min=10, help="Longest wait after the simulation for the jobs to finish.")] = 240,
 ) -> None:
     """The whole system live: broker, simulator, bronze, silver, gold, help, resolver, report."""
     from pipelines.demo import run_demo

@@ -220,7 +220,7 @@ def _drained(settings: Settings, jobs: _Jobs, ends: dict, truth_requests: int) -
 
 
 def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: int,
-             console: Console, drain_timeout_s: float = 180) -> DemoReport:
+             console: Console, drain_timeout_s: float = 240) -> DemoReport:
     broker, started_here = None, False
     if settings.broker.embedded:
         broker = EmbeddedBroker(settings)

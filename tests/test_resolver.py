@@ -407,8 +407,10 @@ def check_outcomes(rows: list[dict], live: LiveClassrooms) -> None:
     assert acts["c-silent"] == ["switch_media_line"] * 2
     assert acts["c-self"] == []
     assert acts["c-net"] in (["switch_media_line"], ["switch_media_line"] * 2)
-    assert acts["c-diag"][0] == "request_client_diagnostics"
-    assert acts["c-diag"][1:] in (["prompt_unmute"], ["prompt_unmute"] * 2)
+    # The diagnostics request may be retried once when the reply missed its confirm window.
+    asked = 1 + (acts["c-diag"][1:2] == ["request_client_diagnostics"])
+    assert acts["c-diag"][:asked] == ["request_client_diagnostics"] * asked
+    assert acts["c-diag"][asked:] in (["prompt_unmute"], ["prompt_unmute"] * 2)
     diag = [r for r in rows if r["classroom_id"] == "c-diag" and r["state"] == RESOLVED_AUTO]
     assert diag[0]["primary_tag"] == "TEACHER_MIC_MUTED"
 

@@ -5,7 +5,8 @@ Both give Spark's Kafka schema, so nothing downstream knows which one ran.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -68,3 +69,22 @@ def caught_up(progress_end: object, target: Mapping[str, object]) -> bool:
         elif have != want:
             return False
     return True
+
+
+def produce_and_flush(producer: Any, messages: Iterable[tuple[str, bytes, bytes]], *,
+                      timeout_s: float, what: str) -> None:
+    """Produce every (topic, key, value) with a confluent-kafka producer and wait until all are
+    delivered; raise naming `what` when any is unsent or failed (sinks publish before their
+    Delta commit, so a failure must stop the batch, not pass silently)."""
+    failures: list[str] = []
+
+    def on_delivery(err: object, _msg: object) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    for topic, key, value in messages:
+        producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+    remaining = producer.flush(timeout_s)
+    if remaining or failures:
+        raise RuntimeError(f"{what}: {remaining} messages unsent, {len(failures)} failed "
+                           f"({failures[:1]})")

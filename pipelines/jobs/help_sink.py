@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 
 from pipelines.config import HelpEngine, Settings
 from pipelines.io.delta import DeltaRsWriter, delta_writer, streaming_query_id
+from pipelines.io.kafka import produce_and_flush
 from pipelines.transforms.help import apply_tag_rules, tag_records, tag_requests
 
 HELP_TAGS_TABLE = "gold.help_tags"
@@ -146,19 +147,9 @@ class HelpTagSink:
         if self.producer is None:
             self.producer = Producer({**self.settings.kafka.client_options(), "linger.ms": 5,
                                       "acks": "all"})
-        failures: list[str] = []
-
-        def on_delivery(err: object, _msg: object) -> None:
-            if err is not None:
-                failures.append(str(err))
-
-        for row in table.to_pylist():
-            self.producer.produce(self.topic, key=row["help_id"].encode(),
-                                  value=tag_message(row), on_delivery=on_delivery)
-        remaining = self.producer.flush(self.settings.kafka.read_timeout_seconds)
-        if remaining or failures:
-            raise RuntimeError(f"{self.topic}: {remaining} tags unsent, {len(failures)} failed "
-                               f"({failures[:1]})")
+        produce_and_flush(self.producer, ((self.topic, row["help_id"].encode(), tag_message(row))
+                                          for row in table.to_pylist()),
+                          timeout_s=self.settings.kafka.read_timeout_seconds, what=self.topic)
 
 
 class _Phases:

@@ -27,6 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.config import Settings
 from pipelines.io.delta import DeltaRsWriter, delta_writer, streaming_query_id
+from pipelines.io.kafka import produce_and_flush
 from pipelines.transforms.playbook import ACT, ESCALATED, FINAL_STATES
 
 HELP_RESOLUTIONS_TABLE = "gold.help_resolutions"
@@ -129,22 +130,12 @@ class ResolverSink:
         if self.producer is None:
             self.producer = Producer({**self.settings.kafka.client_options(), "linger.ms": 2,
                                       "acks": "all"})
-        failures: list[str] = []
-
-        def on_delivery(err: object, _msg: object) -> None:
-            if err is not None:
-                failures.append(str(err))
-
-        for r in actions:
-            self.producer.produce(self.actions_topic, key=r["classroom_id"].encode(),
-                                  value=action_message(r), on_delivery=on_delivery)
-        for r in escalations:
-            self.producer.produce(self.escalations_topic, key=r["help_id"].encode(),
-                                  value=r["message"].encode(), on_delivery=on_delivery)
-        remaining = self.producer.flush(self.settings.kafka.read_timeout_seconds)
-        if remaining or failures:
-            raise RuntimeError(f"resolver: {remaining} messages unsent, {len(failures)} failed "
-                               f"({failures[:1]})")
+        messages = [*((self.actions_topic, r["classroom_id"].encode(), action_message(r))
+                      for r in actions),
+                    *((self.escalations_topic, r["help_id"].encode(), r["message"].encode())
+                      for r in escalations)]
+        produce_and_flush(self.producer, messages,
+                          timeout_s=self.settings.kafka.read_timeout_seconds, what="resolver")
 
     def close(self) -> None:
         if self.producer is not None:

@@ -138,9 +138,45 @@ class TopicConfig(_Model):
     partitions: int = Field(1, ge=1)
 
 
+class SchedulerMode(StrEnum):
+    FIFO = "fifo"
+    FAIR = "fair"
+
+
+class PoolConfig(_Model):
+    """A FAIR scheduler pool: queries in it share its weight; min_share cores come first."""
+
+    weight: int = Field(1, ge=1)
+    min_share: int = Field(0, ge=0)
+    queries: list[str] = Field(default_factory=list)
+
+
 class StreamingConfig(_Model):
-    trigger_seconds: float = Field(1.0, ge=0)
+    trigger_seconds: float = Field(1.0, ge=0)  # every query's trigger unless `triggers` names it
+    triggers: dict[str, float] = Field(default_factory=dict)  # query name -> trigger seconds
     bronze_topics: list[str]
+    # FAIR: queries run in the pools below (one Spark application runs many queries: the Help
+    # fast path must not queue behind a long silver task). FIFO: Spark's default.
+    scheduler: SchedulerMode = SchedulerMode.FIFO
+    pools: dict[str, PoolConfig] = Field(default_factory=dict)
+
+    @field_validator("triggers")
+    @classmethod
+    def _positive_triggers(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [name for name, seconds in value.items() if seconds < 0]
+        if bad:
+            raise ValueError(f"trigger seconds must be >= 0 (for {', '.join(bad)})")
+        return value
+
+    def trigger_for(self, query_name: str) -> float:
+        return self.triggers.get(query_name, self.trigger_seconds)
+
+    def pool_for(self, query_name: str) -> str | None:
+        """The FAIR pool a query runs in (None: FIFO, or the default pool)."""
+        if self.scheduler is not SchedulerMode.FAIR:
+            return None
+        return next((name for name, pool in self.pools.items() if query_name in pool.queries),
+                    None)
 
 
 class BadInputShares(_Model):
@@ -289,6 +325,13 @@ class GoldConfig(_Model):
     watermark_s: float = Field(120, ge=0)  # event-time delay before a minute is final
 
 
+class DemoConfig(_Model):
+    """`lakehouse demo`: every query in one application. The analytics queries trigger less
+    often there (merged over streaming.triggers), so the Help fast path keeps the cores."""
+
+    triggers: dict[str, float] = Field(default_factory=dict)
+
+
 HELP_TAGS = ("TEACHER_NOT_ENTERED", "STUDENT_NOT_ENTERED", "TEACHER_NETWORK", "STUDENT_NETWORK",
              "TEACHER_MIC_MUTED", "STUDENT_MIC_MUTED", "WHITEBOARD_LOAD_FAIL", "VIDEO_FREEZE")
 NO_ISSUE_TAG = "NO_ISSUE_DETECTED"
@@ -329,6 +372,17 @@ class HelpConfig(_Model):
     state_partitions: int = Field(1, ge=1)  # shuffle partitions of the help query's state
     rules: HelpRulesConfig = Field(default_factory=HelpRulesConfig)
     priority: list[str] = Field(default_factory=lambda: list(HELP_TAGS))
+    # State engine: a request whose look-back evidence already makes one of these the primary
+    # tag is tagged when it arrives, not when its window closes (empty: always wait).
+    early_tags: list[str] = Field(default_factory=list)
+
+    @field_validator("early_tags")
+    @classmethod
+    def _known_early_tags(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(HELP_TAGS))
+        if unknown:
+            raise ValueError(f"unknown tags {unknown}; known: {list(HELP_TAGS)}")
+        return value
 
     @field_validator("priority")
     @classmethod
@@ -471,6 +525,7 @@ class Settings(_Model):
     help: HelpConfig = Field(default_factory=HelpConfig)
     resolver: ResolverConfig = Field(default_factory=ResolverConfig)
     gold: GoldConfig = Field(default_factory=GoldConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
 
     def table_path(self, table: str) -> str:
         """`bronze.events` -> <root>/bronze/events."""

@@ -208,7 +208,7 @@ def _drained(settings: Settings, jobs: _Jobs, ends: dict, truth_requests: int) -
             for s in silver["sources"]):
         return False
     help_job = jobs.help_job
-    if help_job is not None and help_job.sink.tags + help_job.sink.skipped < truth_requests:
+    if help_job is not None and help_job.sink.tagged_ids < truth_requests:
         return False
     resolver = jobs.resolver_job
     if resolver is None:
@@ -219,8 +219,16 @@ def _drained(settings: Settings, jobs: _Jobs, ends: dict, truth_requests: int) -
             and any(caught_up(s.get("endOffset"), tags) for s in progress["sources"]))
 
 
+def demo_settings(settings: Settings) -> Settings:
+    """The demo's trigger overrides (demo.triggers) over streaming.triggers."""
+    triggers = {**settings.streaming.triggers, **settings.demo.triggers}
+    return settings.model_copy(update={
+        "streaming": settings.streaming.model_copy(update={"triggers": triggers})})
+
+
 def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: int,
              console: Console, drain_timeout_s: float = 240) -> DemoReport:
+    settings = demo_settings(settings)
     broker, started_here = None, False
     if settings.broker.embedded:
         broker = EmbeddedBroker(settings)

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
 
 from pyspark.sql import SparkSession
 
-from pipelines.config import DeltaEngine, KafkaSourceKind, Settings
+from pipelines.config import DeltaEngine, KafkaSourceKind, SchedulerMode, Settings
+
+# Spark's default checkpoint manager writes through Hadoop's FileContext, which (without
+# Hadoop's native library, as here) forks `chmod` for every file it creates and `readlink` for
+# every rename: ~40 processes per micro-batch per query, measured with JFR (docs/BENCHMARKS.md).
+# The FileSystem-based manager renames with java.io and forks only the `chmod`s.
+FS_CHECKPOINT_MANAGER = ("org.apache.spark.sql.execution.streaming.checkpointing."
+                         "FileSystemBasedCheckpointFileManager")
 
 
 def ensure_java() -> None:
@@ -44,6 +57,12 @@ def build_spark(settings: Settings, app_name: str | None = None) -> SparkSession
         # and the validation plan is long enough to overflow the default 1 MB stack there.
         .config("spark.driver.extraJavaOptions", "-Xss16m")
     )
+    if "://" not in settings.storage.root or settings.storage.root.startswith("file:"):
+        builder = builder.config("spark.sql.streaming.checkpointFileManagerClass",
+                                 FS_CHECKPOINT_MANAGER)
+    if settings.streaming.scheduler is SchedulerMode.FAIR:
+        builder = (builder.config("spark.scheduler.mode", "FAIR")
+                   .config("spark.scheduler.allocation.file", _fair_pools_file(settings)))
     for key, value in settings.spark.extra_conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -57,3 +76,35 @@ def build_spark(settings: Settings, app_name: str | None = None) -> SparkSession
 
         spark.dataSource.register(DeltaRsStreamSource)
     return spark
+
+
+def _fair_pools_file(settings: Settings) -> str:
+    """The pools of `streaming.pools` as Spark's allocation XML (Spark reads it at start)."""
+    pools = "".join(
+        f"<pool name={quoteattr(name)}><schedulingMode>FIFO</schedulingMode>"
+        f"<weight>{pool.weight}</weight><minShare>{pool.min_share}</minShare></pool>"
+        for name, pool in settings.streaming.pools.items())
+    xml = f'<?xml version="1.0"?><allocations>{pools}</allocations>'
+    # One file per distinct content, so repeated sessions reuse it instead of piling up.
+    digest = hashlib.sha1(xml.encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"lakehouse-pools-{digest}.xml"
+    if not path.exists():
+        path.write_text(xml)
+    return str(path)
+
+
+@contextmanager
+def scheduler_pool(spark: SparkSession, settings: Settings, query_name: str) -> Iterator[None]:
+    """Start a query inside this block to run it in its FAIR pool (streaming.pools): the query
+    thread inherits the starting thread's local properties."""
+    pool = settings.streaming.pool_for(query_name)
+    if pool is None:
+        yield
+        return
+    sc = spark.sparkContext
+    before = sc.getLocalProperty("spark.scheduler.pool")
+    sc.setLocalProperty("spark.scheduler.pool", pool)
+    try:
+        yield
+    finally:
+        sc.setLocalProperty("spark.scheduler.pool", before)  # type: ignore[arg-type]

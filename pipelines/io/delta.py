@@ -20,6 +20,7 @@ from pyspark.sql.streaming import StreamingQuery
 from pyspark.sql.types import StructType
 
 from pipelines.config import DeltaEngine, Settings
+from pipelines.spark import scheduler_pool
 
 
 class DeltaWriter(Protocol):
@@ -157,13 +158,16 @@ def start_delta_stream(
     partition_by: Sequence[str] = (), once: bool = False, query_name: str | None = None,
 ) -> StreamingQuery:
     """Start a streaming append of `df` into `table` (availableNow when `once`)."""
+    name = query_name or table.replace(".", "_")
     writer = (df.writeStream
-              .queryName(query_name or table.replace(".", "_"))
+              .queryName(name)
               .option("checkpointLocation", checkpoint)
               .foreachBatch(exactly_once_batch_writer(
                   settings, table, checkpoint=checkpoint, partition_by=partition_by)))
     if once:
         writer = writer.trigger(availableNow=True)
     else:
-        writer = writer.trigger(processingTime=f"{settings.streaming.trigger_seconds} seconds")
-    return writer.start()
+        writer = writer.trigger(
+            processingTime=f"{int(settings.streaming.trigger_for(name) * 1000)} milliseconds")
+    with scheduler_pool(df.sparkSession, settings, name):
+        return writer.start()

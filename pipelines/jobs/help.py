@@ -37,7 +37,7 @@ from pipelines.io.delta import delta_writer, read_table
 from pipelines.io.kafka import caught_up, kafka_end_offsets, read_kafka_stream
 from pipelines.io.kafka_admin import ensure_topics
 from pipelines.jobs.help_sink import HELP_TAGS_TABLE, HelpTagSink, Ticker
-from pipelines.spark import build_spark
+from pipelines.spark import build_spark, scheduler_pool
 from pipelines.transforms.bronze import kafka_to_bronze
 from pipelines.transforms.help import (
     HELP_TOPICS,
@@ -138,7 +138,7 @@ def start_help(spark: SparkSession, settings: Settings, *, once: bool) -> HelpJo
               .option("checkpointLocation", checkpoint)
               .foreachBatch(sink)
               .trigger(processingTime=f"{int(cfg.trigger_seconds * 1000)} milliseconds"))
-    with query_conf(spark, help_query_conf(settings)):
+    with query_conf(spark, help_query_conf(settings)), scheduler_pool(spark, settings, "help"):
         query = writer.start()
     return HelpJob(query, sink, Ticker(settings).start(), target, _flush_horizon_ms(settings))
 

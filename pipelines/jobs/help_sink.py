@@ -79,7 +79,8 @@ class HelpTagSink:
         self.app_id: str | None = None
         self.producer = None
         self.known: dict[date, set[str]] = {}
-        self.tags = self.skipped = 0
+        self.tags = 0
+        self.skipped_ids: set[str] = set()  # help_ids whose repeat tag was held back
         self.timings: dict[int, dict[str, float]] = {}  # batch id -> phase -> seconds
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
@@ -91,7 +92,8 @@ class HelpTagSink:
         clock.lap("compute")
         if table.num_rows == 0:
             return
-        table = self._new_only(spark, table)
+        # A window-closed tag wins over an early one of the same help_id in one batch.
+        table = self._new_only(spark, table.sort_by([("early", "ascending")]))
         if table.num_rows == 0:
             return
         table = with_tag_times(table, now_ms(), self.app_id, batch_id)
@@ -105,6 +107,18 @@ class HelpTagSink:
             self.known.setdefault(day, set()).add(help_id)
         self.tags += table.num_rows
 
+    @property
+    def skipped(self) -> int:
+        """Distinct help_ids whose tag was held back as a repeat: tagged by an earlier run, or
+        tagged early and then reached again by their closed window."""
+        return len(self.skipped_ids)
+
+    @property
+    def tagged_ids(self) -> int:
+        """help_ids known to be in gold.help_tags (read per request date as batches touch
+        it): a request tagged early and then window-closed counts once."""
+        return sum(len(ids) for ids in self.known.values())
+
     def close(self) -> None:
         """Deliver what is queued and let the producer go (call once the query stopped)."""
         if self.producer is not None:
@@ -117,10 +131,10 @@ class HelpTagSink:
         for i, (day, help_id) in enumerate(zip(table["request_date"].to_pylist(),
                                                table["help_id"].to_pylist(), strict=True)):
             if help_id in seen or help_id in self._known_on(spark, day):
+                self.skipped_ids.add(help_id)
                 continue
             seen.add(help_id)
             keep.append(i)
-        self.skipped += table.num_rows - len(keep)
         return table.take(pa.array(keep, pa.int64()))
 
     def _known_on(self, spark: SparkSession, day: date) -> set[str]:

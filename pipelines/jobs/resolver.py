@@ -32,6 +32,7 @@ from pipelines.io.kafka import caught_up, kafka_end_offsets, read_kafka_stream
 from pipelines.io.kafka_admin import ensure_topics
 from pipelines.jobs.help import query_conf
 from pipelines.jobs.resolver_sink import HELP_RESOLUTIONS_TABLE, ResolverSink
+from pipelines.spark import scheduler_pool
 from pipelines.transforms.bronze import kafka_to_bronze
 from pipelines.transforms.help import HELP_TOPICS
 from pipelines.transforms.resolver import resolver_inputs, run_playbooks
@@ -85,7 +86,8 @@ def start_resolver(spark: SparkSession, settings: Settings, *, once: bool) -> Re
               .option("checkpointLocation", checkpoint)
               .foreachBatch(sink)
               .trigger(processingTime=f"{trigger_ms} milliseconds"))
-    with query_conf(spark, resolver_query_conf(settings)):
+    with query_conf(spark, resolver_query_conf(settings)), \
+            scheduler_pool(spark, settings, "resolver"):
         query = writer.start()
     return ResolverJob(query, sink, target)
 

@@ -44,6 +44,7 @@ from pipelines.io.delta import (
 from pipelines.io.kafka import kafka_end_offsets, read_kafka_stream
 from pipelines.jobs.bronze import BRONZE_TABLE
 from pipelines.jobs.runner import JobResult, RunningJob, run_streaming_job
+from pipelines.spark import scheduler_pool
 from pipelines.transforms.bronze import kafka_to_bronze
 from pipelines.transforms.silver import (
     ENVELOPE_COLUMNS,
@@ -184,11 +185,13 @@ def start_silver(spark: SparkSession, settings: Settings, *, once: bool) -> Runn
                .withWatermark("dedup_time", f"{int(cfg.dedup_window_s)} seconds")
                .dropDuplicatesWithinWatermark(["dedup_key"]))
     sink = SilverBatchWriter(settings, checkpoint)
-    query = (deduped.writeStream.queryName("silver")
-             .option("checkpointLocation", checkpoint)
-             .foreachBatch(sink)
-             .trigger(processingTime=f"{settings.streaming.trigger_seconds} seconds")
-             .start())
+    trigger_ms = int(settings.streaming.trigger_for("silver") * 1000)
+    writer = (deduped.writeStream.queryName("silver")
+              .option("checkpointLocation", checkpoint)
+              .foreachBatch(sink)
+              .trigger(processingTime=f"{trigger_ms} milliseconds"))
+    with scheduler_pool(spark, settings, "silver"):
+        query = writer.start()
     return RunningJob(query, target)
 
 

@@ -45,6 +45,10 @@ EVIDENCE_FIELDS = (("event_id", "string"), ("signal", "string"), ("role", "strin
 REQUEST_COLUMNS = tuple(name for name, _ in REQUEST_FIELDS)
 EVIDENCE_COLUMNS = tuple(name for name, _ in EVIDENCE_FIELDS)
 PAIR_SCHEMA = ", ".join(f"{n} {t}" for n, t in (*REQUEST_FIELDS, *EVIDENCE_FIELDS))
+# The state engine's pairs also say whether they were cut when the request arrived (`early`:
+# look-back evidence only) or when its window closed.
+EARLY = "early"
+STATE_PAIR_SCHEMA = f"{PAIR_SCHEMA}, {EARLY} boolean"
 
 
 def _ms(ts: Column) -> Column:
@@ -279,27 +283,40 @@ def apply_tag_rules(rules: HelpRulesConfig, priority: Iterable[str]) -> Transfor
     return apply
 
 
-TAG_COLUMNS = ("help_id", "classroom_id", "lesson_id", "requester_id", "requester_role",
-               "category", "tags", "primary_tag", "evidence", "evidence_events",
-               "request_time", "request_broker_time", "request_date")
+_TAGGED_COLUMNS = ("help_id", "classroom_id", "lesson_id", "requester_id", "requester_role",
+                   "category", "tags", "primary_tag", "evidence", "evidence_events")
+TAG_COLUMNS = (*_TAGGED_COLUMNS, "request_time", "request_broker_time", "request_date", EARLY)
 
 
 def tag_records(df: DataFrame) -> DataFrame:
-    """Tagged aggregates -> the tag record (tagged_at and latencies are added at the sink)."""
+    """Tagged aggregates -> the tag record (tagged_at and latencies are added at the sink).
+    `early`: tagged when the request arrived (false where the window closed, or no such
+    column: the join engine)."""
+    early = F.col(EARLY) if EARLY in df.columns else F.lit(False)
     return df.select(
-        *TAG_COLUMNS[:10],
+        *_TAGGED_COLUMNS,
         F.timestamp_millis("request_time_ms").alias("request_time"),
         F.timestamp_millis("request_kafka_ms").alias("request_broker_time"),
-        F.to_date(F.timestamp_millis("request_time_ms")).alias("request_date"))
+        F.to_date(F.timestamp_millis("request_time_ms")).alias("request_date"),
+        early.alias(EARLY))
 
 
 def tag_requests(cfg: HelpConfig) -> Transform:
-    """Pairs -> tag records: aggregate, apply the rules, shape (the state variant's sink)."""
+    """Pairs -> tag records: aggregate, apply the rules, shape (the state variant's sink).
+
+    Early pairs (cut when the request arrived) become a tag only when their primary tag is in
+    `early_tags`; the request's window-closed pairs tag it otherwise (the sink keeps the first
+    tag of each help_id)."""
 
     def apply(df: DataFrame) -> DataFrame:
-        return (df.transform(aggregate_evidence())
-                  .transform(apply_tag_rules(cfg.rules, cfg.priority))
-                  .transform(tag_records))
+        extra = [EARLY] if EARLY in df.columns else []
+        tagged = (df.transform(aggregate_evidence(extra_keys=extra))
+                    .transform(apply_tag_rules(cfg.rules, cfg.priority)))
+        if extra:
+            wanted = (F.col("primary_tag").isin(*cfg.early_tags) if cfg.early_tags
+                      else F.lit(False))
+            tagged = tagged.where(~F.col(EARLY) | wanted)
+        return tagged.transform(tag_records)
 
     return apply
 

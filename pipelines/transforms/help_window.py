@@ -9,6 +9,11 @@ everything the classroom sent in its window. The rows given to the operator carr
 watermarked column, so Spark never drops a late request or late evidence: a late request is
 tagged at once with what is buffered.
 
+Early cut (`help.early_tags`): when a request arrives, its pairs with the evidence buffered so
+far also go out at once, marked `early`; the sink tags from them when their primary tag is one
+of early_tags (faults start before the Help press, so the look-back usually decides), else the
+window-closed pairs decide. Each help_id is tagged once either way (the sink's guard).
+
 Timers follow the query's watermark, which Spark records per batch in the offset log, so a
 replayed batch fires the same timers over the same state and emits the same pairs.
 """
@@ -24,19 +29,20 @@ from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 
 from pipelines.config import HelpConfig
 from pipelines.transforms.help import (
+    EARLY,
     EVIDENCE_COLUMNS,
     EVIDENCE_FIELDS,
-    PAIR_SCHEMA,
     REQUEST,
     REQUEST_COLUMNS,
     REQUEST_FIELDS,
+    STATE_PAIR_SCHEMA,
     Transform,
     window_pairs,
 )
 
 EVIDENCE_STATE = ", ".join(f"{n} {t}" for n, t in EVIDENCE_FIELDS)
 PENDING_STATE = ", ".join(f"{n} {t}" for n, t in (*REQUEST_FIELDS, ("due_ms", "long")))
-_PAIR_COLUMNS = (*REQUEST_COLUMNS, *EVIDENCE_COLUMNS)
+_PAIR_COLUMNS = (*REQUEST_COLUMNS, *EVIDENCE_COLUMNS, EARLY)
 # help_signals column -> request field
 _REQUEST_SOURCE = {"help_id": "help_id", "classroom_id": "classroom_id",
                    "lesson_id": "lesson_id", "requester_id": "user_id",
@@ -65,10 +71,11 @@ class HelpWindowProcessor(StatefulProcessor):
     future request can look back to: before + after + slack behind the watermark.
     """
 
-    def __init__(self, before_ms: int, after_ms: int, slack_ms: int) -> None:
+    def __init__(self, before_ms: int, after_ms: int, slack_ms: int, *, early: bool) -> None:
         self.before_ms = before_ms
         self.after_ms = after_ms
         self.retain_ms = before_ms + after_ms + slack_ms
+        self.early = early  # also cut each request's pairs when it arrives (early_tags)
 
     def init(self, handle: StatefulProcessorHandle) -> None:
         self.handle = handle
@@ -78,6 +85,7 @@ class HelpWindowProcessor(StatefulProcessor):
 
     def handleInputRows(self, key: Any, rows: Iterator[pd.DataFrame],
                         timerValues: Any) -> Iterator[pd.DataFrame]:
+        out: list[dict[str, Any]] = []
         for pdf in rows:
             is_request = pdf["signal"] == REQUEST
             evidence = _records(pdf.loc[~is_request, list(EVIDENCE_COLUMNS)])
@@ -85,14 +93,22 @@ class HelpWindowProcessor(StatefulProcessor):
                 self.evidence.appendList([tuple(r[c] for c in EVIDENCE_COLUMNS)
                                           for r in evidence])
                 self._schedule_cleanup(min(r["kafka_time_ms"] for r in evidence))
-            for row in _records(pdf.loc[is_request]):
+            requests = _records(pdf.loc[is_request])
+            buffered = self._buffered() if self.early and requests else []
+            for row in requests:
                 request = {name: row[src] for name, src in _REQUEST_SOURCE.items()}
                 request["classroom_id"] = request["classroom_id"] or key[0]
                 due = int(request["request_kafka_ms"]) + self.after_ms
                 self.pending.updateValue((request["help_id"],),
                                          (*[request[c] for c in REQUEST_COLUMNS], due))
                 self.handle.registerTimer(due)
-        yield from ()
+                out.extend({**pair, EARLY: True} for pair in window_pairs(
+                    request, buffered, self.before_ms, self.after_ms))
+        if out:
+            yield pd.DataFrame(out, columns=list(_PAIR_COLUMNS), dtype=object)
+
+    def _buffered(self) -> list[dict[str, Any]]:
+        return [dict(zip(EVIDENCE_COLUMNS, t, strict=True)) for t in self.evidence.get()]
 
     def handleExpiredTimer(self, key: Any, timerValues: Any,
                            expiredTimerInfo: Any) -> Iterator[pd.DataFrame]:
@@ -100,10 +116,11 @@ class HelpWindowProcessor(StatefulProcessor):
         due = [(k, v) for k, v in self.pending.iterator() if v[-1] <= expiry]
         out: list[dict[str, Any]] = []
         if due:
-            evidence = [dict(zip(EVIDENCE_COLUMNS, t, strict=True)) for t in self.evidence.get()]
+            evidence = self._buffered()
             for help_key, value in due:
                 request = dict(zip(REQUEST_COLUMNS, value[:-1], strict=True))
-                out.extend(window_pairs(request, evidence, self.before_ms, self.after_ms))
+                out.extend({**pair, EARLY: False} for pair in window_pairs(
+                    request, evidence, self.before_ms, self.after_ms))
                 self.pending.removeKey(help_key)
         cleanup = self.cleanup_at.get()
         if cleanup is not None and cleanup[0] <= expiry:
@@ -135,12 +152,14 @@ def buffer_requests_with_evidence(cfg: HelpConfig) -> Transform:
     """Signals -> (request, evidence) pairs, each request once its window closed."""
     processor = HelpWindowProcessor(int(cfg.window_before_s * 1000),
                                     int(cfg.window_after_s * 1000),
-                                    int(cfg.evidence_slack_s * 1000))
+                                    int(cfg.evidence_slack_s * 1000),
+                                    early=bool(cfg.early_tags))
 
     def apply(df: DataFrame) -> DataFrame:
         # Dropping the watermarked column keeps Spark from filtering late rows out of the
         # operator; its timers still follow the query's watermark.
         return (df.drop("kafka_timestamp").groupBy("classroom_id")
-                  .transformWithStateInPandas(processor, PAIR_SCHEMA, "Append", "EventTime"))
+                  .transformWithStateInPandas(processor, STATE_PAIR_SCHEMA, "Append",
+                                              "EventTime"))
 
     return apply

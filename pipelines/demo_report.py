@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from pyspark.sql import SparkSession
@@ -23,6 +26,9 @@ from rich.table import Table
 from pipelines.bench.help import score_tags
 from pipelines.config import Settings
 from pipelines.io.delta import delta_writer, read_table
+
+if TYPE_CHECKING:  # matplotlib is imported only when charts are drawn
+    from matplotlib.axes import Axes
 
 FINAL_STATES = ("RESOLVED_AUTO", "RESOLVED_SELF", "ESCALATED")
 RESOLUTIONS_TABLE = "gold.help_resolutions"
@@ -181,44 +187,52 @@ def render(r: DemoReport) -> RenderableType:
     return Group(table, tags)
 
 
-def write_charts(r: DemoReport, out_dir: Path) -> list[Path]:
-    """Latency distribution and outcomes by tag, as PNG (matplotlib, no display needed)."""
+@contextmanager
+def _chart(path: Path, size: tuple[float, float], title: str) -> Iterator[Axes]:
+    """One PNG chart (matplotlib, Agg backend): the body draws on the axes and labels them;
+    then the title and legend go on and the figure is saved to `path` and closed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for values, label in ((r.tag_latency_s, "request -> tag"),
-                          (r.resolution_latency_s, "request -> RESOLVED_AUTO")):
-        if values:
-            ax.hist(values, bins=30, alpha=0.6, label=f"{label} (n={len(values)})")
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("Help requests")
-    ax.set_title("Help latency distribution")
+    fig, ax = plt.subplots(figsize=size)
+    yield ax
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    paths.append(out_dir / "latency.png")
-    fig.savefig(paths[-1], dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 4))
-    tags = sorted(r.outcomes_by_tag)
-    bottom = [0] * len(tags)
-    for state in FINAL_STATES:
-        counts = [r.outcomes_by_tag[t].get(state, 0) for t in tags]
-        ax.barh(tags, counts, left=bottom, label=state)
-        bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
-    ax.set_xlabel("Help requests")
-    ax.set_title("Outcome by primary tag")
-    ax.legend()
-    fig.tight_layout()
-    paths.append(out_dir / "outcomes.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
-    return paths
+
+def _latency_chart(r: DemoReport, path: Path) -> Path:
+    with _chart(path, (7, 4), "Help latency distribution") as ax:
+        for values, label in ((r.tag_latency_s, "request -> tag"),
+                              (r.resolution_latency_s, "request -> RESOLVED_AUTO")):
+            if values:
+                ax.hist(values, bins=30, alpha=0.6, label=f"{label} (n={len(values)})")
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("Help requests")
+    return path
+
+
+def _outcomes_chart(r: DemoReport, path: Path) -> Path:
+    with _chart(path, (8, 4), "Outcome by primary tag") as ax:
+        tags = sorted(r.outcomes_by_tag)
+        bottom = [0] * len(tags)
+        for state in FINAL_STATES:
+            counts = [r.outcomes_by_tag[t].get(state, 0) for t in tags]
+            ax.barh(tags, counts, left=bottom, label=state)
+            bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+        ax.set_xlabel("Help requests")
+    return path
+
+
+def write_charts(r: DemoReport, out_dir: Path) -> list[Path]:
+    """Latency distribution and outcomes by tag, as PNG (matplotlib, no display needed)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [_latency_chart(r, out_dir / "latency.png"),
+            _outcomes_chart(r, out_dir / "outcomes.png")]
 
 
 def write_markdown(r: DemoReport, out_dir: Path) -> Path:

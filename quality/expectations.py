@@ -43,7 +43,7 @@ from quality.rules import (
     sql_list,
     sql_string,
 )
-from schemas.contract import ENVELOPE_FIELDS, EVENT_TYPES, EVENT_TYPES_OF_TOPIC
+from schemas.contract import ENVELOPE_FIELDS, EVENT_TYPES, EVENT_TYPES_OF_TOPIC, payload_fields
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
@@ -169,14 +169,6 @@ def rule_order(event_type: str) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------ frames
-def _payload_names(event_types: Sequence[str]) -> list[str]:
-    names: dict[str, None] = {}
-    for event_type in event_types:
-        for version in EVENT_TYPES[event_type].versions:
-            names.update(dict.fromkeys(spec.name for spec in version.fields))
-    return list(names)
-
-
 def typed_frame(df: DataFrame, event_types: str | Sequence[str]) -> DataFrame:
     """The frame GE validates, from any of the project's typed shapes.
 
@@ -194,7 +186,7 @@ def typed_frame(df: DataFrame, event_types: str | Sequence[str]) -> DataFrame:
            else F.col(spec.name) if spec.name in cols
            else F.lit(None).cast("string").alias(spec.name)
            for spec in ENVELOPE_FIELDS if spec.type != "object"]
-    for name in _payload_names(_types(event_types)):
+    for name in (spec.name for spec in payload_fields(_types(event_types))):
         flat = FLAT_PAYLOAD_PREFIX + name
         if "payload" in cols:
             src = F.col("payload").getField(name)

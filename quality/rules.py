@@ -24,6 +24,7 @@ from schemas.contract import (
     FieldSpec,
     Reason,
     Violation,
+    payload_fields,
     validate_raw,
 )
 
@@ -266,7 +267,7 @@ def flat_lookup(event_type: str, prefix: str = "") -> FieldLookup:
     """Field lookup over a flattened typed frame of `event_type` (payload fields as
     `payload_<name>` columns, `prefix` "payload."): typing is done, so present == type_ok."""
     if prefix:
-        specs = {s.name: s for v in EVENT_TYPES[event_type].versions for s in v.fields}
+        specs = {s.name: s for s in payload_fields([event_type])}
     else:
         specs = {s.name: s for s in ENVELOPE_FIELDS}
 

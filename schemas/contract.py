@@ -12,7 +12,7 @@ version is only needed to make such a field part of the contract (see `av.qualit
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal
@@ -239,11 +239,12 @@ EVENT_TYPES_OF_TOPIC: Mapping[str, tuple[str, ...]] = {
 }
 
 
-def _union_payload_fields() -> tuple[FieldSpec, ...]:
-    """Every payload field of every type and version, once; same name must mean same type."""
+def payload_fields(event_types: Iterable[str]) -> tuple[FieldSpec, ...]:
+    """Every payload field of every version of `event_types`, once (its first definition), in
+    order; the same name must mean the same type."""
     seen: dict[str, FieldSpec] = {}
-    for etype in _TYPES:
-        for version in etype.versions:
+    for event_type in event_types:
+        for version in EVENT_TYPES[event_type].versions:
             for spec in version.fields:
                 known = seen.setdefault(spec.name, spec)
                 if known.type != spec.type:
@@ -252,7 +253,7 @@ def _union_payload_fields() -> tuple[FieldSpec, ...]:
     return tuple(seen.values())
 
 
-UNION_PAYLOAD_FIELDS: tuple[FieldSpec, ...] = _union_payload_fields()
+UNION_PAYLOAD_FIELDS: tuple[FieldSpec, ...] = payload_fields(EVENT_TYPES)
 
 # ------------------------------------------------------------------------------------ validator
 _HEX = "[0-9a-fA-F]"

@@ -13,6 +13,7 @@ from pyspark.sql import SparkSession
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fixtures_broker import broker, broker_settings  # noqa: F401
+from resolver_loop import loop_settings  # noqa: F401
 
 from pipelines.config import load_settings
 from pipelines.spark import build_spark

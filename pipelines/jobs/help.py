@@ -37,6 +37,7 @@ from pipelines.io.delta import delta_writer, read_table
 from pipelines.io.kafka import caught_up, kafka_end_offsets, read_kafka_stream
 from pipelines.io.kafka_admin import ensure_topics
 from pipelines.jobs.help_sink import HELP_TAGS_TABLE, HelpTagSink, Ticker
+from pipelines.jobs.runner import InputCount, new_progress, raise_if_failed, stop_on_interrupt
 from pipelines.spark import build_spark, scheduler_pool
 from pipelines.transforms.bronze import kafka_to_bronze
 from pipelines.transforms.help import (
@@ -161,18 +162,14 @@ def await_help(job: HelpJob, *, console: Console | None = None, poll_s: float = 
     simulation faster than real time) make it wait until the clock gets there.
     Returns (micro-batches with input, input rows); a failed query raises its exception.
     """
-    query, seen, batches, rows = job.query, -1, 0, 0
+    query, count = job.query, InputCount()
     read_all, newest, flush_until = False, 0, None
     printed = (0, 0.0)  # (tags, monotonic time) at the last progress line
     try:
-        while query.isActive:
-            query.awaitTermination(poll_s)
-            for progress in query.recentProgress:
-                if progress["batchId"] <= seen:
-                    continue
+        with stop_on_interrupt(query):
+            for progress in new_progress(query, poll_s):
                 seen = progress["batchId"]
-                n = int(progress.get("numInputRows") or 0)
-                batches, rows = batches + (n > 0), rows + n
+                n = count.add(progress)
                 # A line when tags went out, else one every 10 s (ticks make every batch busy).
                 if console is not None and (job.sink.tags > printed[0]
                                             or time.monotonic() - printed[1] > 10):
@@ -192,15 +189,11 @@ def await_help(job: HelpJob, *, console: Console | None = None, poll_s: float = 
                 if flush_until is not None and wm is not None and wm >= flush_until:
                     query.stop()
                     break
-    except KeyboardInterrupt:
-        query.stop()
     finally:
         job.ticker.stop()
         job.sink.close()
-    exc = query.exception()
-    if exc is not None:
-        raise exc
-    return batches, rows
+    raise_if_failed(query)
+    return count.batches, count.rows
 
 
 def help_latency(spark: SparkSession, settings: Settings, *, since: datetime | None = None

@@ -32,6 +32,7 @@ from pipelines.io.kafka import caught_up, kafka_end_offsets, read_kafka_stream
 from pipelines.io.kafka_admin import ensure_topics
 from pipelines.jobs.help import query_conf
 from pipelines.jobs.resolver_sink import HELP_RESOLUTIONS_TABLE, ResolverSink
+from pipelines.jobs.runner import InputCount, new_progress, raise_if_failed, stop_on_interrupt
 from pipelines.spark import scheduler_pool
 from pipelines.transforms.bronze import kafka_to_bronze
 from pipelines.transforms.help import HELP_TOPICS
@@ -97,19 +98,20 @@ def await_resolver(job: ResolverJob, settings: Settings, *, console: Console | N
     """Run until Ctrl-C, or (`--once`) until the tags there at the start are read and every
     case reached a final state (at most the total timeout later, since every case escalates
     by then). Returns (micro-batches with input, input rows); a failed query raises."""
-    query, seen, batches, rows = job.query, -1, 0, 0
+    query, count = job.query, InputCount()
     read_all_at: float | None = None
     limit_s = settings.resolver.total_timeout_s + 30
     printed = -1
+
+    def finished() -> bool:
+        return read_all_at is not None and (
+            not job.sink.open_cases or time.monotonic() - read_all_at > limit_s)
+
     try:
-        while query.isActive:
-            query.awaitTermination(poll_s)
-            for progress in query.recentProgress:
-                if progress["batchId"] <= seen:
-                    continue
+        with stop_on_interrupt(query):
+            for progress in new_progress(query, poll_s, stop_when=finished):
                 seen = progress["batchId"]
-                n = int(progress.get("numInputRows") or 0)
-                batches, rows = batches + (n > 0), rows + n
+                n = count.add(progress)
                 if console is not None and job.sink.transitions != printed:
                     printed = job.sink.transitions
                     console.print(f"[dim]resolver batch {seen}: {n:,} rows, "
@@ -120,17 +122,10 @@ def await_resolver(job: ResolverJob, settings: Settings, *, console: Console | N
                         and caught_up(progress["sources"][0].get("endOffset"),
                                       job.until_offsets)):
                     read_all_at = time.monotonic()
-            if read_all_at is not None and query.isActive and (
-                    not job.sink.open_cases or time.monotonic() - read_all_at > limit_s):
-                query.stop()
-    except KeyboardInterrupt:
-        query.stop()
     finally:
         job.sink.close()
-    exc = query.exception()
-    if exc is not None:
-        raise exc
-    return batches, rows
+    raise_if_failed(query)
+    return count.batches, count.rows
 
 
 @dataclass

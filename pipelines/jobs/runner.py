@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
@@ -53,6 +55,58 @@ def run_streaming_job(settings: Settings, name: str, start: StartJob, *,
         spark.stop()
 
 
+def new_progress(query: StreamingQuery, poll_s: float, *,
+                 stop_when: Callable[[], bool] | None = None) -> Iterator[Any]:
+    """Each progress entry of `query` once, oldest first, while it is active.
+
+    Polls with `awaitTermination(poll_s)` and skips batch ids already yielded. After every poll
+    (new entries or not), `stop_when()` being true stops the query, which ends the iteration.
+    A KeyboardInterrupt while polling reaches the caller (see `stop_on_interrupt`).
+    """
+    seen = -1
+    while query.isActive:
+        query.awaitTermination(poll_s)
+        for progress in query.recentProgress:
+            if progress["batchId"] <= seen:
+                continue
+            seen = progress["batchId"]
+            yield progress
+        if stop_when is not None and stop_when() and query.isActive:
+            query.stop()
+
+
+@dataclass
+class InputCount:
+    """Micro-batches that read input, and the input rows they read."""
+
+    batches: int = 0
+    rows: int = 0
+
+    def add(self, progress: Any) -> int:
+        """Count one progress entry; returns its input rows."""
+        n = int(progress.get("numInputRows") or 0)
+        if n:
+            self.batches += 1
+            self.rows += n
+        return n
+
+
+@contextmanager
+def stop_on_interrupt(query: StreamingQuery) -> Iterator[None]:
+    """Ctrl-C inside the block stops the query instead of propagating."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        query.stop()
+
+
+def raise_if_failed(query: StreamingQuery) -> None:
+    """Raise the exception the query failed with, if any."""
+    exc = query.exception()
+    if exc is not None:
+        raise exc
+
+
 def await_query(query: StreamingQuery, *, console: Console | None = None,
                 until_offsets: Mapping[str, object] | list[Mapping[str, object]] | None = None,
                 poll_s: float = 1.0, settle_s: float = 15.0) -> tuple[int, int]:
@@ -65,41 +119,31 @@ def await_query(query: StreamingQuery, *, console: Console | None = None,
     raises its exception.
     """
     targets = [until_offsets] if isinstance(until_offsets, Mapping) else until_offsets
-    seen_batch = -1
-    batches = rows = 0
+    count = InputCount()
+    last_batch = -1
     caught_up_at: tuple[int, float] | None = None  # (batch id, when) once targets are reached
-    try:
-        while query.isActive:
-            query.awaitTermination(poll_s)
-            for progress in query.recentProgress:
-                batch_id = progress["batchId"]
-                if batch_id <= seen_batch:
-                    continue
-                seen_batch = batch_id
-                n = int(progress.get("numInputRows", 0))
-                if n:
-                    batches += 1
-                    rows += n
-                    if console is not None:
-                        rate = progress.get("processedRowsPerSecond") or 0
-                        console.print(f"[dim]{query.name} batch {batch_id}: {n:,} rows, "
-                                      f"{rate:,.0f} rows/s[/dim]")
-                ends = [source.get("endOffset") for source in progress["sources"]]
-                if caught_up_at is None and targets is not None and all(
-                        any(caught_up(end, target) for end in ends) for target in targets):
-                    caught_up_at = (batch_id, time.monotonic())
-                    stateless = not progress.get("stateOperators")
-                    if stateless:
-                        query.stop()
-                        break
-            if caught_up_at is not None and query.isActive and (
-                    seen_batch > caught_up_at[0] or time.monotonic() - caught_up_at[1] > settle_s):
-                # A stateful query emits what the last watermark finalised in the no-data
-                # batch that follows the last data batch: stop after it.
-                query.stop()
-    except KeyboardInterrupt:
-        query.stop()
-    exc = query.exception()
-    if exc is not None:
-        raise exc
-    return batches, rows
+
+    def settled() -> bool:
+        # A stateful query emits what the last watermark finalised in the no-data batch that
+        # follows the last data batch: stop after it.
+        return caught_up_at is not None and (
+            last_batch > caught_up_at[0] or time.monotonic() - caught_up_at[1] > settle_s)
+
+    with stop_on_interrupt(query):
+        for progress in new_progress(query, poll_s, stop_when=settled):
+            batch_id = last_batch = progress["batchId"]
+            n = count.add(progress)
+            if n and console is not None:
+                rate = progress.get("processedRowsPerSecond") or 0
+                console.print(f"[dim]{query.name} batch {batch_id}: {n:,} rows, "
+                              f"{rate:,.0f} rows/s[/dim]")
+            ends = [source.get("endOffset") for source in progress["sources"]]
+            if caught_up_at is None and targets is not None and all(
+                    any(caught_up(end, target) for end in ends) for target in targets):
+                caught_up_at = (batch_id, time.monotonic())
+                stateless = not progress.get("stateOperators")
+                if stateless:
+                    query.stop()
+                    break
+    raise_if_failed(query)
+    return count.batches, count.rows

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,7 +245,8 @@ def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: in
     out_dir = Path(settings.storage.path("demo"))
     out_dir.mkdir(parents=True, exist_ok=True)
     truth_path = out_dir / "ground_truth.json"
-    spark = build_spark(settings, app_name="lakehouse-demo")
+    with _child_stdout_to(out_dir / "spark.log"):
+        spark = build_spark(settings, app_name="lakehouse-demo")
     jobs = _Jobs(console)
     sim: subprocess.Popen | None = None
     try:
@@ -311,6 +313,24 @@ def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: in
         spark.stop()
         if broker is not None and started_here:
             broker.stop()
+
+
+@contextlib.contextmanager
+def _child_stdout_to(path: Path) -> Iterator[None]:
+    """Processes started inside the block (Spark's JVM, and through it every Python worker)
+    write their stdout to `path`: PySpark's stateful workers print their start-up there, which
+    would bury the demo's own lines (those go to stderr)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(fd)
 
 
 def _await_recorder(jobs: _Jobs, recorder: ProgressRecorder, timeout_s: float = 60) -> None:

@@ -260,9 +260,13 @@ def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: in
 
         console.rule(f"[bold]2. simulate {classrooms} classrooms x {duration_s:g} s at real time")
         log_path = out_dir / "simulate.log"
+        # At most a third of a short run, so it still has Help requests.
+        quiet_end_s = min(settings.demo.help_latest_before_end_s, duration_s / 3)
+        sim_env = {**os.environ,
+                   "LAKEHOUSE__SIMULATOR__HELP_LATEST_BEFORE_END_S": str(quiet_end_s)}
         with log_path.open("w") as log:
             sim = subprocess.Popen(_simulate_cmd(classrooms, duration_s, seed, truth_path),
-                                   stdout=log, stderr=subprocess.STDOUT)
+                                   stdout=log, stderr=subprocess.STDOUT, env=sim_env)
         t0 = time.monotonic()
         last_line = 0.0
         while sim.poll() is None:

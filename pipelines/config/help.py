@@ -149,7 +149,7 @@ class ResolverConfig(_Model):
     state_partitions: int = Field(1, ge=1)  # fixed by the checkpoint once the query ran
     max_records_per_trigger: int | None = Field(None, ge=1)  # default: kafka's cap
     # Request (broker time) -> a final state at the latest: ESCALATED when reached.
-    total_timeout_s: float = Field(30, gt=0)
+    total_timeout_s: float = Field(60, gt=0)
     # After an action, evidence counts from action + grace (the client's reaction) ...
     grace_s: float = Field(1, ge=0)
     # ... and is healthy once the role kept sending this long with no bad signal of the kind.

@@ -85,3 +85,4 @@ class DemoConfig(_Model):
     often there (merged over streaming.triggers), so the Help fast path keeps the cores."""
 
     triggers: dict[str, float] = Field(default_factory=dict)
+    help_latest_before_end_s: float = Field(45, ge=0)  # for the simulator it runs

@@ -81,6 +81,9 @@ class SimulatorConfig(_Model):
     test_accounts: list[str] = Field(default_factory=list)
     # A Help request comes no earlier than this into the lesson ...
     help_min_offset_s: float = Field(20, ge=0)
+    # ... and no later than this before the run ends (the closed loop needs time to answer it
+    # while the lesson still runs: `lakehouse demo` raises it to its playbook's length) ...
+    help_latest_before_end_s: float = Field(2, ge=0)
     # ... and its root-cause fault starts up to this long before it ...
     fault_lead_s: float = Field(30, gt=0)
     # ... and lasts this long after it (until the closed loop fixes it).

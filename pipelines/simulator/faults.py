@@ -52,7 +52,7 @@ def plan_help(lesson: Lesson, cfg: SimulatorConfig, duration_ms: int) -> Partici
     failed = {Cause.TEACHER_NOT_ENTERED: teacher, Cause.STUDENT_NOT_ENTERED: student}.get(cause)
     ready = max(p.active for p in (teacher, student) if p is not failed)
     lo = max(int(cfg.help_min_offset_s * 1000), ready + 10_000)
-    hi = duration_ms - 2000
+    hi = duration_ms - int(cfg.help_latest_before_end_s * 1000)
     if lo >= hi:
         return None  # too short a run for this lesson to ask for help
     help_t = lo + rng.randrange(hi - lo)

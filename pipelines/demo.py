@@ -245,13 +245,14 @@ def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: in
     out_dir = Path(settings.storage.path("demo"))
     out_dir.mkdir(parents=True, exist_ok=True)
     truth_path = out_dir / "ground_truth.json"
-    with _child_stdout_to(out_dir / "spark.log"):
+    with _child_output_to(out_dir / "spark.log"):
         spark = build_spark(settings, app_name="lakehouse-demo")
     jobs = _Jobs(console)
     sim: subprocess.Popen | None = None
     try:
         console.rule("[bold]1. streaming jobs on one Spark session")
         spark.sparkContext.setLogLevel("ERROR")  # the demo prints its own progress
+        console.print(f"Spark's own output: {out_dir / 'spark.log'}")
         recorder = ProgressRecorder(spark, settings, query_names=_RECORDED)
         spark.streams.addListener(recorder)
         _start_jobs(spark, settings, jobs)
@@ -320,21 +321,25 @@ def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: in
 
 
 @contextlib.contextmanager
-def _child_stdout_to(path: Path) -> Iterator[None]:
+def _child_output_to(path: Path) -> Iterator[None]:
     """Processes started inside the block (Spark's JVM, and through it every Python worker)
-    write their stdout to `path`: PySpark's stateful workers print their start-up there, which
-    would bury the demo's own lines (those go to stderr)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    write their stdout and stderr to `path`: Spark's logs and PySpark's stateful workers'
+    start-up lines would bury the demo's own lines (this process keeps its own stderr)."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        os.dup2(fd, 1)
+        for fd in saved:
+            os.dup2(log, fd)
         yield
     finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(fd)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(log)
 
 
 def _await_recorder(jobs: _Jobs, recorder: ProgressRecorder, timeout_s: float = 60) -> None:

@@ -60,18 +60,14 @@ from pipelines.transforms.silver import (
     with_dedup_key,
 )
 from pipelines.transforms.validate import parse_and_validate
-from schemas.contract import EVENT_TYPES, EVENT_TYPES_OF_TOPIC
+from schemas.contract import EVENT_TYPES_OF_TOPIC, payload_fields
 
 METRICS_TABLE = "ops.quality_metrics"
 
 
-def payload_fields(topic: str) -> list[str]:
+def topic_payload_fields(topic: str) -> list[str]:
     """Every payload field any version of the topic's event types defines, in order."""
-    names: dict[str, None] = {}
-    for event_type in EVENT_TYPES_OF_TOPIC[topic]:
-        for version in EVENT_TYPES[event_type].versions:
-            names.update(dict.fromkeys(spec.name for spec in version.fields))
-    return list(names)
+    return [spec.name for spec in payload_fields(EVENT_TYPES_OF_TOPIC[topic])]
 
 
 def silver_input(settings: Settings) -> Callable[[DataFrame], DataFrame]:
@@ -133,7 +129,7 @@ class SilverBatchWriter:
         try:
             for topic, table in SILVER_TABLES.items():
                 accepted = enriched.transform(accepted_for(self.settings.kafka_topic(topic),
-                                                           payload_fields(topic), extra))
+                                                           topic_payload_fields(topic), extra))
                 self._append(accepted, table_path(table), ["event_date"], batch_id)
         finally:
             enriched.unpersist()

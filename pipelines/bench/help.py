@@ -80,6 +80,9 @@ class LoadRun:
     batch_ms: list[int]
     lag_at_end_s: float | None
     state_rows: int
+    # Max state rows in the first and second half of the simulation (by batch time): equal
+    # halves mean the window state stays flat (evidence is pruned behind the watermark).
+    state_rows_halves: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -155,7 +158,7 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
     console.print(f"load: {classrooms} lessons x {duration_s:g} s at real time, engine {engine}")
     sim = subprocess.Popen(_simulate_cmd(classrooms, duration_s, seed, truth_path), env=env,
                            stdout=log, stderr=subprocess.STDOUT)
-    t0 = time.monotonic()
+    t0, t0_wall = time.monotonic(), time.time()
     while sim.poll() is None:
         time.sleep(1)
         poll()
@@ -182,13 +185,29 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
     state = max((sum(int(o.get("numRowsTotal") or 0) for o in p.get("stateOperators") or [])
                  for p in progress.values()), default=0)
     got = _tags(settings)
+    halves = _state_halves(progress, sim_start=t0_wall, sim_end=t0_wall + sim_s)
     return LoadRun(
         classrooms=classrooms, engine=engine, requests=len(truth), tags=len(got),
         accuracy=sum(got.get(h) == c for h, c in truth.items()) / max(len(truth), 1),
         latency=help_latency(spark, settings) if got else {},
         offered_rate=offered, processed_rate=rows / busy_s if busy_s else 0.0,
         batch_ms=[int(p["durationMs"].get("triggerExecution", 0)) for p in busy],
-        lag_at_end_s=lag, state_rows=state)
+        lag_at_end_s=lag, state_rows=state, state_rows_halves=halves)
+
+
+def _state_halves(progress: dict[int, dict], *, sim_start: float, sim_end: float
+                  ) -> tuple[int, int]:
+    """Max state rows over the batches of the simulation's first half, and of its second."""
+    middle = (sim_start + sim_end) / 2
+    halves = [0, 0]
+    for p in progress.values():
+        at = dt.datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp()
+        if not sim_start <= at <= sim_end:
+            continue
+        rows = sum(int(o.get("numRowsTotal") or 0) for o in p.get("stateOperators") or [])
+        half = int(at >= middle)
+        halves[half] = max(halves[half], rows)
+    return halves[0], halves[1]
 
 
 def run_help_bench(base: Settings, *, loads: list[int], duration_s: float,
@@ -203,6 +222,7 @@ def run_help_bench(base: Settings, *, loads: list[int], duration_s: float,
                   "watermark_delay_s": cfg.watermark_delay_s,
                   "window": f"-{cfg.window_before_s:g} s / +{cfg.window_after_s:g} s",
                   "tick_interval_s": cfg.tick_interval_s,
+                  "early_tags": ", ".join(cfg.early_tags) or "none",
                   "shuffle_partitions": base.spark.shuffle_partitions,
                   "spark.master": base.spark.master})
     work = Path(tempfile.mkdtemp(prefix="bench-help-"))
@@ -255,13 +275,15 @@ def load_rows(report: HelpBenchReport) -> list[tuple[str, ...]]:
                      f"{statistics.median(r.batch_ms) / 1000:.1f} / {max(r.batch_ms) / 1000:.1f}"
                      if r.batch_ms else "-",
                      "-" if r.lag_at_end_s is None else f"{r.lag_at_end_s:.0f} s",
-                     f"{r.state_rows:,}"))
+                     f"{r.state_rows:,}",
+                     " / ".join(f"{n:,}" for n in r.state_rows_halves)))
     return rows
 
 
 LOAD_COLUMNS = ("lessons", "engine", "tagged", "primary ok", "latency p50/p95/p99 (event)",
                 "latency p50/p95/p99 (broker)", "offered ev/s", "processed ev/s",
-                "batch median/max", "lag at end", "state rows (max)")
+                "batch median/max", "lag at end", "state rows (max)",
+                "state rows max, 1st / 2nd half")
 
 
 def confusion_rows(report: HelpBenchReport) -> tuple[list[str], list[tuple[str, ...]]]:

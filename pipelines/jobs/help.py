@@ -22,8 +22,6 @@ Delivery (Kafka, then Delta, exactly once there): pipelines/jobs/help_sink.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -37,8 +35,14 @@ from pipelines.io.delta import delta_writer, read_table
 from pipelines.io.kafka import caught_up, kafka_end_offsets, read_kafka_stream
 from pipelines.io.kafka_admin import ensure_topics
 from pipelines.jobs.help_sink import HELP_TAGS_TABLE, HelpTagSink, Ticker
-from pipelines.jobs.runner import InputCount, new_progress, raise_if_failed, stop_on_interrupt
-from pipelines.spark import build_spark, scheduler_pool
+from pipelines.jobs.runner import (
+    InputCount,
+    new_progress,
+    raise_if_failed,
+    start_stateful_query,
+    stop_on_interrupt,
+)
+from pipelines.spark import build_spark
 from pipelines.transforms.bronze import kafka_to_bronze
 from pipelines.transforms.help import (
     HELP_TOPICS,
@@ -78,33 +82,6 @@ def help_stream(spark: SparkSession, settings: Settings, checkpoint: str) -> Dat
     return signals.transform(buffer_requests_with_evidence(cfg))
 
 
-def help_query_conf(settings: Settings) -> dict[str, str]:
-    """Session settings the help query starts with (it keeps them in its checkpoint).
-
-    Few state partitions: the window state holds only fired signals and open requests, and
-    every state partition costs a Python worker per micro-batch. RocksDB changelog
-    checkpointing: a commit appends a changelog instead of snapshotting the store.
-    """
-    return {"spark.sql.shuffle.partitions": str(settings.help.state_partitions),
-            "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true"}
-
-
-@contextmanager
-def query_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
-    """Set session conf while a query starts (it clones the session), then restore it."""
-    old = {key: spark.conf.get(key, None) for key in conf}
-    for key, value in conf.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
-
-
 def _flush_horizon_ms(settings: Settings) -> int:
     """How far past a request's broker time the watermark must be before it is tagged."""
     cfg = settings.help
@@ -135,12 +112,10 @@ def start_help(spark: SparkSession, settings: Settings, *, once: bool) -> HelpJo
     if once:
         target = kafka_end_offsets(settings, [settings.kafka_topic(t) for t in HELP_TOPICS])
     sink = HelpTagSink(settings, checkpoint)
-    writer = (help_stream(spark, settings, checkpoint).writeStream.queryName("help")
-              .option("checkpointLocation", checkpoint)
-              .foreachBatch(sink)
-              .trigger(processingTime=f"{int(cfg.trigger_seconds * 1000)} milliseconds"))
-    with query_conf(spark, help_query_conf(settings)), scheduler_pool(spark, settings, "help"):
-        query = writer.start()
+    query = start_stateful_query(help_stream(spark, settings, checkpoint), settings, name="help",
+                                 checkpoint=checkpoint, sink=sink,
+                                 trigger_s=cfg.trigger_seconds,
+                                 state_partitions=cfg.state_partitions)
     return HelpJob(query, sink, Ticker(settings).start(), target, _flush_horizon_ms(settings))
 
 

@@ -30,10 +30,14 @@ from rich.console import Console
 from pipelines.config import Settings
 from pipelines.io.kafka import caught_up, kafka_end_offsets, read_kafka_stream
 from pipelines.io.kafka_admin import ensure_topics
-from pipelines.jobs.help import query_conf
 from pipelines.jobs.resolver_sink import HELP_RESOLUTIONS_TABLE, ResolverSink
-from pipelines.jobs.runner import InputCount, new_progress, raise_if_failed, stop_on_interrupt
-from pipelines.spark import scheduler_pool
+from pipelines.jobs.runner import (
+    InputCount,
+    new_progress,
+    raise_if_failed,
+    start_stateful_query,
+    stop_on_interrupt,
+)
 from pipelines.transforms.bronze import kafka_to_bronze
 from pipelines.transforms.help import HELP_TOPICS
 from pipelines.transforms.resolver import resolver_inputs, run_playbooks
@@ -52,12 +56,6 @@ def resolver_stream(spark: SparkSession, settings: Settings, checkpoint: str) ->
             .transform(kafka_to_bronze)
             .transform(resolver_inputs(settings.help.rules, tags_topic))
             .transform(run_playbooks(cfg)))
-
-
-def resolver_query_conf(settings: Settings) -> dict[str, str]:
-    """Few state partitions (each costs a Python worker per batch); changelog checkpoints."""
-    return {"spark.sql.shuffle.partitions": str(settings.resolver.state_partitions),
-            "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true"}
 
 
 @dataclass
@@ -82,14 +80,10 @@ def start_resolver(spark: SparkSession, settings: Settings, *, once: bool) -> Re
     if once:
         target = kafka_end_offsets(settings, [settings.kafka_topic(settings.help.tags_topic)])
     sink = ResolverSink(settings, checkpoint)
-    trigger_ms = int(settings.resolver.trigger_seconds * 1000)
-    writer = (resolver_stream(spark, settings, checkpoint).writeStream.queryName("resolver")
-              .option("checkpointLocation", checkpoint)
-              .foreachBatch(sink)
-              .trigger(processingTime=f"{trigger_ms} milliseconds"))
-    with query_conf(spark, resolver_query_conf(settings)), \
-            scheduler_pool(spark, settings, "resolver"):
-        query = writer.start()
+    query = start_stateful_query(resolver_stream(spark, settings, checkpoint), settings,
+                                 name="resolver", checkpoint=checkpoint, sink=sink,
+                                 trigger_s=settings.resolver.trigger_seconds,
+                                 state_partitions=settings.resolver.state_partitions)
     return ResolverJob(query, sink, target)
 
 

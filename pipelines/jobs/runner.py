@@ -1,4 +1,4 @@
-"""Waiting on streaming queries with progress, and stopping them cleanly."""
+"""Starting stateful queries, waiting on streaming queries with progress, stopping them."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 from rich.console import Console
 
 from pipelines.config import Settings
 from pipelines.io.kafka import caught_up
+from pipelines.spark import scheduler_pool
 
 
 @dataclass
@@ -147,3 +148,40 @@ def await_query(query: StreamingQuery, *, console: Console | None = None,
                     break
     raise_if_failed(query)
     return count.batches, count.rows
+
+
+@contextmanager
+def query_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
+    """Set session conf while a query starts (it clones the session), then restore it."""
+    old = {key: spark.conf.get(key, None) for key in conf}
+    for key, value in conf.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
+def start_stateful_query(stream: DataFrame, settings: Settings, *, name: str, checkpoint: str,
+                         sink: Callable[[DataFrame, int], None], trigger_s: float,
+                         state_partitions: int) -> StreamingQuery:
+    """Start a stateful foreachBatch query (help, resolver) in its FAIR pool.
+
+    Few state partitions: each costs a Python worker per micro-batch and the state is small.
+    RocksDB changelog checkpointing: a commit appends a changelog instead of snapshotting the
+    store. Both are fixed by the checkpoint once the query ran.
+    """
+    spark = stream.sparkSession
+    conf = {"spark.sql.shuffle.partitions": str(state_partitions),
+            "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true"}
+    writer = (stream.writeStream.queryName(name)
+              .option("checkpointLocation", checkpoint)
+              .foreachBatch(sink)
+              .trigger(processingTime=f"{int(trigger_s * 1000)} milliseconds"))
+    with query_conf(spark, conf), scheduler_pool(spark, settings, name):
+        return writer.start()
+

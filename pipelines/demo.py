@@ -50,6 +50,7 @@ from pipelines.jobs.resolver import ResolverJob, start_resolver
 from pipelines.jobs.silver import start_silver
 from pipelines.spark import build_spark
 from pipelines.transforms.help import HELP_TOPICS
+from pipelines.transforms.playbook import ESCALATED, RESOLVED_AUTO, RESOLVED_SELF
 
 # Queries whose progress goes to ops.stream_progress (help and resolver have their own tables).
 _RECORDED = ("bronze", "silver", "gold")
@@ -187,6 +188,13 @@ def _status_line(jobs: _Jobs, elapsed_s: float, phase: str) -> str:
     help_job = jobs.help_job
     if help_job is not None:
         parts.append(f"tags {help_job.sink.tags}")
+    resolver = jobs.resolver_job
+    if resolver is not None:
+        outcomes = resolver.sink.outcomes()
+        auto, self_, escalated = (outcomes.pop(state, 0)
+                                  for state in (RESOLVED_AUTO, RESOLVED_SELF, ESCALATED))
+        parts.append(f"auto {auto} self {self_} escalated {escalated} "
+                     f"open {sum(outcomes.values())}")
     return " | ".join(parts)
 
 

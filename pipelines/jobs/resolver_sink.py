@@ -67,6 +67,13 @@ class ResolverSink:
     def open_cases(self) -> list[str]:
         return [h for h, s in self.last_state.items() if s not in FINAL_STATES]
 
+    def outcomes(self) -> dict[str, int]:
+        """Cases per newest state written (final states, and the open ones by their state)."""
+        counts: dict[str, int] = {}
+        for state in self.last_state.values():
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
     def seed(self, spark: SparkSession) -> None:
         """What gold.help_resolutions holds: published action_ids, escalations, open cases."""
         if self.seeded:

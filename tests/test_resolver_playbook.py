@@ -116,6 +116,20 @@ def test_whiteboard_failure_never_resolves_itself() -> None:
     assert run(case, ev, T0 + 7000) == [VALIDATE, ACT, CONFIRM]
 
 
+def test_whiteboard_confirms_by_a_rendered_page_only() -> None:
+    """Silence after a reload proves nothing (the failure was a few events): only a page turn
+    of the requester after the action and after its last load failure confirms it."""
+    ev = Evidence()
+    ev.see("wb_load_fail", "student", T0 - 10_000)
+    ev.see("page_turn", "student", T0 - 20_000)  # before the failure: not a proof
+    case, _ = open_case(tag("WHITEBOARD_LOAD_FAIL"), T0 + 7000, CFG)
+    assert run(case, ev, T0 + 7000) == [VALIDATE, ACT, CONFIRM]
+    alive(ev, "student", T0 + 8000, T0 + 14_000)  # quiet and alive for 6 s
+    assert run(case, ev, T0 + 14_000) == []
+    ev.see("page_turn", "student", T0 + 14_500)
+    assert run(case, ev, T0 + 15_000) == [RESOLVED_AUTO]
+
+
 def test_not_entered_confirms_by_an_enter_success_only() -> None:
     ev = Evidence()
     ev.see("enter_fail", "teacher", T0 - 2000)

@@ -97,6 +97,9 @@ class ConfirmBy(StrEnum):
 
     QUIET = "quiet"  # no bad signal of `signals` for healthy_span_s while the role keeps sending
     ENTER_SUCCESS = "enter_success"  # an enter_success of the role after the action
+    # A page that renders: a wb.page_turn of the role after the action and its last load
+    # failure (a whiteboard failure is a few events, so silence proves nothing).
+    PAGE_RENDERED = "page_rendered"
     DIAGNOSTICS = "diagnostics"  # the client's help.diagnostics reply (re-tags the request)
 
 
@@ -130,7 +133,8 @@ DEFAULT_PLAYBOOKS: dict[str, dict[str, Any]] = {
     "VIDEO_FREEZE": _playbook(ResolverAction.RESTART_VIDEO, ActionTarget.REQUESTER,
                               ["video_freeze"]),
     "WHITEBOARD_LOAD_FAIL": _playbook(ResolverAction.RELOAD_COURSEWARE, ActionTarget.REQUESTER,
-                                      ["wb_load_fail"], self_resolve=False),
+                                      ["wb_load_fail"], confirm=ConfirmBy.PAGE_RENDERED,
+                                      self_resolve=False),
     "TEACHER_NOT_ENTERED": _playbook(ResolverAction.RESEND_ENTER_LINK, ActionTarget.TEACHER,
                                      ["enter_fail"], confirm=ConfirmBy.ENTER_SUCCESS),
     "STUDENT_NOT_ENTERED": _playbook(ResolverAction.RESEND_ENTER_LINK, ActionTarget.STUDENT,

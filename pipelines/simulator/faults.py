@@ -88,6 +88,8 @@ def plan_help(lesson: Lesson, cfg: SimulatorConfig, duration_ms: int) -> Partici
                           {"courseware_id": lesson.courseware_id, "page": 1 + rng.randrange(20),
                            "error_code": WB_ERRORS[rng.randrange(len(WB_ERRORS))]}, True)
         fault = (times[0], times[-1])
+        # The whiteboard keeps failing (no page turns) until an action fixes it.
+        requester.wb0, requester.wb1 = times[0], duration_ms
     elif failed is not None:  # the one who cannot get in asks, from the enter screen
         requester = victim = failed
         category = "cannot_enter"

@@ -83,7 +83,7 @@ class Participant:
     __slots__ = ("active", "app_version", "codec_a", "codec_v", "disc0", "disc1", "enter_start",
                  "frz0", "frz1", "id_prefix", "mid_av", "mid_hb", "mid_page", "mid_sync",
                  "mute0", "mute1", "n", "net0", "net1", "net_type", "platform", "pool_hb",
-                 "pools_av", "role", "steps", "team", "user_id", "v2")
+                 "pools_av", "role", "steps", "team", "user_id", "v2", "wb0", "wb1")
 
     def __init__(self, role: str, rng: random.Random, lesson: Lesson, av_v2_share: float) -> None:
         self.role = role
@@ -101,6 +101,7 @@ class Participant:
         self.n = 0
         self.net0 = self.net1 = self.mute0 = self.mute1 = NEVER
         self.frz0 = self.frz1 = self.disc0 = self.disc1 = NEVER
+        self.wb0 = self.wb1 = NEVER  # its whiteboard fails to load in [wb0, wb1)
         # The planned enter flow: start, then (step, duration) pairs before enter_success.
         self.enter_start = rng.randrange(5000)
         self.steps = [(name, lo + rng.randrange(hi - lo)) for name, lo, hi in NORMAL_STEPS]
@@ -223,6 +224,8 @@ class Lesson:
         if not (t_in or s_in):
             return
         if t_in and rnd() < 0.15:
+            if teacher.wb0 <= t < teacher.wb1:
+                return  # a whiteboard that does not load turns no page
             self.page = self.page % 40 + 1
             p, mid = teacher, teacher.mid_page
             payload = b'{"courseware_id":"%b","page":%d}' % (self.cw, self.page)

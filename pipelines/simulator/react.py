@@ -216,6 +216,7 @@ class Reactor:
         elif cause is Cause.WHITEBOARD_LOAD_FAIL:
             page = {"courseware_id": lesson.courseware_id, "page": lesson.page}
             if fixed:  # the page renders
+                v.wb1 = t
                 self._emit(lesson, v, "wb.page_turn", "whiteboard", t, page)
             elif truth.help_id not in self._failing:  # the reload fails, and so does every
                 self._failing.add(truth.help_id)      # load after it, about every 2 s

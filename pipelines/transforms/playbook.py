@@ -34,6 +34,9 @@ RESOLVED_SELF, RESOLVED_AUTO, ESCALATED = "RESOLVED_SELF", "RESOLVED_AUTO", "ESC
 FINAL_STATES = frozenset({RESOLVED_SELF, RESOLVED_AUTO, ESCALATED})
 ROLES = ("teacher", "student")
 ENTER_SUCCESS = "enter_success"
+PAGE_TURN = "page_turn"  # a wb.page_turn (resolver_rows gives it this kind)
+# Positive confirms: the signal that proves the action worked.
+_PROOF = {ConfirmBy.ENTER_SUCCESS: ENTER_SUCCESS, ConfirmBy.PAGE_RENDERED: PAGE_TURN}
 
 
 @dataclass
@@ -89,12 +92,13 @@ def healthy_since(ev: Evidence, book: PlaybookConfig, role: str | None, start_ms
 
     quiet: the role kept sending for `span_ms` after both `start_ms` and its last bad signal
     of the playbook's kinds (silence is not health: a dropped client sends nothing);
-    enter_success: the role entered after `start_ms` and after its last failed entry.
+    enter_success / page_rendered: the role entered (a page rendered) after `start_ms` and
+    after its last failure.
     """
-    if book.confirm is ConfirmBy.ENTER_SUCCESS:
-        entered = ev.last([ENTER_SUCCESS], role)
+    if book.confirm in _PROOF:
+        proof = ev.last([_PROOF[book.confirm]], role)
         failed = ev.last(book.signals, role)
-        return entered is not None and entered >= start_ms and (failed is None or entered > failed)
+        return proof is not None and proof >= start_ms and (failed is None or proof > failed)
     if book.confirm is ConfirmBy.DIAGNOSTICS:
         return False
     last_bad = ev.last(book.signals, role)

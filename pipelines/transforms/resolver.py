@@ -29,10 +29,18 @@ from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 
 from pipelines.config import HelpRulesConfig, ResolverConfig
 from pipelines.transforms.help import ROLES, Transform, signal_conditions
-from pipelines.transforms.playbook import FINAL_STATES, Evidence, advance, open_case, wake_at
+from pipelines.transforms.playbook import (
+    FINAL_STATES,
+    PAGE_TURN,
+    Evidence,
+    advance,
+    open_case,
+    wake_at,
+)
 
 TAG, ALIVE, DIAGNOSTICS = "tag", "alive", "diagnostics"
 HEARTBEAT, DIAGNOSTICS_EVENT = "signal.heartbeat", "help.diagnostics"
+PAGE_TURN_EVENT = "wb.page_turn"  # proves a whiteboard renders (ConfirmBy.PAGE_RENDERED)
 INPUT_SCHEMA = ("classroom_id string, kind string, signal string, role string, "
                 "kafka_time_ms long, help_id string, finding string, body string")
 TRANSITION_FIELDS = (
@@ -69,7 +77,8 @@ def resolver_candidates(rules: HelpRulesConfig, tags_topic: str) -> Transform:
     def apply(df: DataFrame) -> DataFrame:
         probe = F.from_json(F.col("value"), probe_schema)
         etype = probe["event_type"]
-        keep = (F.col("topic") == tags_topic) | etype.isin(HEARTBEAT, DIAGNOSTICS_EVENT)
+        keep = ((F.col("topic") == tags_topic)
+                | etype.isin(HEARTBEAT, DIAGNOSTICS_EVENT, PAGE_TURN_EVENT))
         for fired in signal_conditions(rules, etype, probe["payload"]).values():
             keep = keep | fired
         return df.where(F.coalesce(keep, F.lit(False)))
@@ -96,6 +105,7 @@ def resolver_rows(rules: HelpRulesConfig, tags_topic: str) -> Transform:
         kinds = (F.when(is_tag, F.array(F.lit(TAG))).when(~valid, none)
                  .when(etype == DIAGNOSTICS_EVENT, F.array(F.lit(DIAGNOSTICS)))
                  .when(F.size(fired) > 0, fired)
+                 .when(etype == PAGE_TURN_EVENT, F.array(F.lit(PAGE_TURN)))
                  .when(etype == HEARTBEAT, F.array(F.lit(ALIVE))).otherwise(none))
         finding = p["finding"] if _has_finding() else F.lit(None).cast("string")
         kafka_ms = (F.unix_micros(F.col("kafka_timestamp")) / 1000).cast("long")

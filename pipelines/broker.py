@@ -199,7 +199,7 @@ def _open_log(path: Path) -> tuple[IO[bytes], int]:
 
 def default_state_dir(settings: Settings) -> Path:
     """`<storage root>/_broker`; a local temp dir when the root is an object-store URI."""
-    if "://" in settings.storage.root:
+    if not settings.storage.is_local:
         return Path(tempfile.gettempdir()) / f"classroom-lakehouse-broker-{settings.broker.port}"
     return Path(settings.storage.path(STATE_DIRNAME))
 

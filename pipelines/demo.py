@@ -245,7 +245,7 @@ def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: in
         started_here = not status.already_running
         console.print(status.describe())
         if started_here and settings.broker.storage.startswith("memory://") \
-                and "://" not in settings.storage.root:
+                and settings.storage.is_local:
             _reset_stale_state(settings, console)
     else:
         console.print(f"Kafka: {settings.kafka.bootstrap_servers} (not embedded)")

@@ -57,7 +57,7 @@ def build_spark(settings: Settings, app_name: str | None = None) -> SparkSession
         # and the validation plan is long enough to overflow the default 1 MB stack there.
         .config("spark.driver.extraJavaOptions", "-Xss16m")
     )
-    if "://" not in settings.storage.root or settings.storage.root.startswith("file:"):
+    if settings.storage.is_local or settings.storage.root.startswith("file:"):
         builder = builder.config("spark.sql.streaming.checkpointFileManagerClass",
                                  FS_CHECKPOINT_MANAGER)
     if settings.streaming.scheduler is SchedulerMode.FAIR:

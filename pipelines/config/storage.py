@@ -19,9 +19,14 @@ class DeltaEngine(StrEnum):
 class StorageConfig(_Model):
     root: str = "./lakehouse"
 
+    @property
+    def is_local(self) -> bool:
+        """The root is a path on this machine, not an object-store URI (`s3a://...`)."""
+        return "://" not in self.root
+
     def path(self, *parts: str) -> str:
         """A location under the storage root (a local path or an object-store URI)."""
-        if "://" in self.root:
+        if not self.is_local:
             return "/".join([self.root.rstrip("/"), *parts])
         return str(Path(self.root).resolve().joinpath(*parts))
 

@@ -13,7 +13,8 @@ import json
 import os
 import signal
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
@@ -22,6 +23,19 @@ from pyspark.sql.types import StructType
 from pipelines.config import DeltaEngine, Settings
 from pipelines.spark import scheduler_pool
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class RoutedTable:
+    """One table fed from a shared frame: its rows are those whose route column is `route`."""
+
+    route: str
+    path: str
+    columns: tuple[str, ...]
+    partition_by: tuple[str, ...] = ()
+
 
 class DeltaWriter(Protocol):
     """What the streaming jobs need of a Delta engine."""
@@ -29,6 +43,11 @@ class DeltaWriter(Protocol):
     def append(self, df: DataFrame, path: str, *, partition_by: Sequence[str],
                app_id: str, version: int) -> bool:
         """Append `df` once per (app_id, version); False when it was already written."""
+
+    def append_routed(self, df: DataFrame, route_column: str, tables: Sequence[RoutedTable], *,
+                      app_id: str, version: int) -> list[str]:
+        """Append each table's rows of `df` (where `route_column` equals its route), each
+        table once per (app_id, version); returns the paths written."""
 
     def read(self, spark: SparkSession, path: str) -> DataFrame:
         """The table's current snapshot as a Spark DataFrame."""
@@ -42,21 +61,26 @@ class DeltaRsWriter:
 
     def append(self, df: DataFrame, path: str, *, partition_by: Sequence[str],
                app_id: str, version: int) -> bool:
-        from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+        if _already_written(path, app_id, version):
+            return False
+        return _write_arrow(df.toArrow(), path, partition_by, app_id, version)
 
-        if DeltaTable.is_deltatable(path):
-            done = DeltaTable(path).transaction_version(app_id)
-            if done is not None and done >= version:
-                return False
-        table = df.toArrow()
-        if table.num_rows == 0:
-            return False  # nothing to add; a replay derives the same nothing
-        write_deltalake(
-            path, table, mode="append", partition_by=list(partition_by) or None,
-            commit_properties=CommitProperties(
-                app_transactions=[Transaction(app_id=app_id, version=version)]),
-        )
-        return True
+    def append_routed(self, df: DataFrame, route_column: str, tables: Sequence[RoutedTable], *,
+                      app_id: str, version: int) -> list[str]:
+        """One collect for all tables (a Spark job each costs ~0.2 s of fixed time), then an
+        Arrow filter per table on the driver."""
+        import pyarrow.compute as pc
+
+        pending = [t for t in tables if not _already_written(t.path, app_id, version)]
+        if not pending:
+            return []
+        columns = list(dict.fromkeys(c for t in pending for c in (*t.columns, route_column)))
+        routes = [t.route for t in pending]
+        rows = df.where(df[route_column].isin(routes)).select(*columns).toArrow()
+        return [t.path for t in pending
+                if _write_arrow(rows.filter(pc.equal(rows[route_column], t.route))
+                                .select(list(t.columns)),
+                                t.path, t.partition_by, app_id, version)]
 
     def read(self, spark: SparkSession, path: str) -> DataFrame:
         from deltalake import DeltaTable
@@ -69,6 +93,31 @@ class DeltaRsWriter:
         return DeltaTable.is_deltatable(path)
 
 
+def _already_written(path: str, app_id: str, version: int) -> bool:
+    from deltalake import DeltaTable
+
+    if not DeltaTable.is_deltatable(path):
+        return False
+    done = DeltaTable(path).transaction_version(app_id)
+    return done is not None and done >= version
+
+
+def _write_arrow(table: pa.Table, path: str, partition_by: Sequence[str], app_id: str,
+                 version: int) -> bool:
+    """Append with the streaming transaction; nothing to add writes no commit (a replay
+    derives the same nothing)."""
+    from deltalake import CommitProperties, Transaction, write_deltalake
+
+    if table.num_rows == 0:
+        return False
+    write_deltalake(
+        path, table, mode="append", partition_by=list(partition_by) or None,
+        commit_properties=CommitProperties(
+            app_transactions=[Transaction(app_id=app_id, version=version)]),
+    )
+    return True
+
+
 class DeltaSparkWriter:
     """The JVM Delta connector: `txnAppId`/`txnVersion` make the append idempotent."""
 
@@ -78,6 +127,18 @@ class DeltaSparkWriter:
          .option("txnAppId", app_id).option("txnVersion", str(version))
          .partitionBy(*partition_by).save(path))
         return True
+
+    def append_routed(self, df: DataFrame, route_column: str, tables: Sequence[RoutedTable], *,
+                      app_id: str, version: int) -> list[str]:
+        """A filtered append per table over `df` computed once."""
+        df = df.persist()
+        try:
+            for t in tables:
+                self.append(df.where(df[route_column] == t.route).select(*t.columns), t.path,
+                            partition_by=t.partition_by, app_id=app_id, version=version)
+        finally:
+            df.unpersist()
+        return [t.path for t in tables]
 
     def read(self, spark: SparkSession, path: str) -> DataFrame:
         return spark.read.format("delta").load(path)

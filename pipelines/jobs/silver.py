@@ -37,21 +37,24 @@ from rich.table import Table
 from pipelines.config import Settings, SilverSource
 from pipelines.dimensions.enrich import LESSON_ATTRIBUTES, lesson_enricher
 from pipelines.io.delta import (
+    RoutedTable,
     delta_writer,
     read_delta_stream,
     streaming_query_id,
 )
 from pipelines.io.kafka import kafka_end_offsets, read_kafka_stream
 from pipelines.jobs.bronze import BRONZE_TABLE
-from pipelines.jobs.runner import JobResult, RunningJob, run_streaming_job
+from pipelines.jobs.runner import JobResult, RunningJob, query_conf, run_streaming_job
 from pipelines.spark import scheduler_pool
 from pipelines.transforms.bronze import kafka_to_bronze
 from pipelines.transforms.silver import (
     ENVELOPE_COLUMNS,
     REJECTS_TABLE,
+    ROUTE_COLUMN,
     SILVER_TABLES,
     EventTimeWatermark,
-    accepted_for,
+    accepted_columns,
+    accepted_rows,
     flag_filtered_users,
     flag_late,
     flag_unnatural_timestamps,
@@ -60,9 +63,12 @@ from pipelines.transforms.silver import (
     with_dedup_key,
 )
 from pipelines.transforms.validate import parse_and_validate
-from schemas.contract import EVENT_TYPES_OF_TOPIC, payload_fields
+from schemas.contract import EVENT_TYPES_OF_TOPIC, UNION_PAYLOAD_FIELDS, payload_fields
 
 METRICS_TABLE = "ops.quality_metrics"
+
+
+SILVER_PAYLOAD_FIELDS = [spec.name for spec in UNION_PAYLOAD_FIELDS]
 
 
 def topic_payload_fields(topic: str) -> list[str]:
@@ -95,6 +101,7 @@ class SilverBatchWriter:
         self.app_id: str | None = None
         self.max_event_ms: dict[int, int] = {}  # batch id -> newest accepted event time
         self.enrich = lesson_enricher(settings)  # Delta dims (re-read) or PostgreSQL lookup
+        self.topic_tables = {settings.kafka_topic(t): table for t, table in SILVER_TABLES.items()}
 
     def _load_history(self, spark: SparkSession) -> None:
         """Newest accepted event time per earlier batch, from the metrics this query wrote."""
@@ -124,15 +131,15 @@ class SilverBatchWriter:
     def _write(self, spark: SparkSession, rows: DataFrame, batch_id: int) -> None:
         table_path = self.settings.table_path
         extra = [*(c for c in LESSON_ATTRIBUTES if c not in ENVELOPE_COLUMNS), "lesson_known"]
-        valid = rows.where(F.col("reject_reason").isNull())
-        enriched = valid.transform(self.enrich(spark)).persist()  # one lookup per batch
-        try:
-            for topic, table in SILVER_TABLES.items():
-                accepted = enriched.transform(accepted_for(self.settings.kafka_topic(topic),
-                                                           topic_payload_fields(topic), extra))
-                self._append(accepted, table_path(table), ["event_date"], batch_id)
-        finally:
-            enriched.unpersist()
+        accepted = (rows.where(F.col("reject_reason").isNull())
+                    .transform(self.enrich(spark))  # one lookup per batch
+                    .transform(accepted_rows(self.topic_tables, SILVER_PAYLOAD_FIELDS)))
+        tables = [RoutedTable(table, table_path(table),
+                              tuple(accepted_columns(topic_payload_fields(topic), extra)),
+                              ("event_date",))
+                  for topic, table in SILVER_TABLES.items()]
+        self.writer.append_routed(accepted, ROUTE_COLUMN, tables, app_id=self.app_id,
+                                  version=batch_id)
         if self.settings.faults.kill_after_delta_commit_batch == batch_id:
             # Fault injection (tests): die between two of the batch's table commits.
             os.kill(os.getpid(), signal.SIGKILL)
@@ -140,10 +147,14 @@ class SilverBatchWriter:
                      ["reject_date"], batch_id)
         metrics = (rows.transform(quality_counts(batch_id))
                    .withColumn("query_id", F.lit(self.app_id))
-                   .withColumn("recorded_at", F.current_timestamp()))
-        newest = metrics.where(F.col("outcome") == "accepted").agg(
-            F.max("max_event_time")).first()[0]
-        self._append(metrics, table_path(METRICS_TABLE), [], batch_id)
+                   .withColumn("recorded_at", F.current_timestamp())
+                   .persist())  # read twice: the newest event time, then the append
+        try:
+            newest = metrics.where(F.col("outcome") == "accepted").agg(
+                F.max("max_event_time")).first()[0]
+            self._append(metrics, table_path(METRICS_TABLE), [], batch_id)
+        finally:
+            metrics.unpersist()
         if newest is not None:
             self.max_event_ms[batch_id] = int(newest.timestamp() * 1000)
 
@@ -186,7 +197,10 @@ def start_silver(spark: SparkSession, settings: Settings, *, once: bool) -> Runn
               .option("checkpointLocation", checkpoint)
               .foreachBatch(sink)
               .trigger(processingTime=f"{trigger_ms} milliseconds"))
-    with scheduler_pool(spark, settings, "silver"):
+    # RocksDB changelog checkpointing: a commit appends the batch's new keys instead of
+    # uploading a snapshot of the whole dedup store (a window of events) every micro-batch.
+    changelog = {"spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true"}
+    with query_conf(spark, changelog), scheduler_pool(spark, settings, "silver"):
         query = writer.start()
     return RunningJob(query, target)
 

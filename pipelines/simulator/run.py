@@ -93,11 +93,10 @@ class SimulationSummary:
 
 def default_ground_truth_path(settings: Settings, seed: int) -> Path:
     """`<storage root>/_simulator/ground_truth_<seed>.json` (local roots only)."""
-    location = settings.storage.path("_simulator", f"ground_truth_{seed}.json")
-    if "://" in location:
+    if not settings.storage.is_local:
         raise SimulationError(f"storage root {settings.storage.root} is not a local path: "
                               "pass ground_truth_path (--ground-truth) explicitly")
-    return Path(location)
+    return Path(settings.storage.path("_simulator", f"ground_truth_{seed}.json"))
 
 
 def write_ground_truth(path: Path, truths: dict[str, HelpTruth],

@@ -7,7 +7,7 @@ the first check that fires; the order is the contract checks (validate.py), then
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame
@@ -105,16 +105,42 @@ ENVELOPE_COLUMNS = ("event_id", "event_type", "schema_version", "team", "classro
                     "lesson_id", "user_id", "role", "platform", "app_version", "event_time")
 
 
+ROUTE_COLUMN = "_table"
+_COORDINATES = ("topic", "partition", "offset", "kafka_timestamp")
+
+
+def accepted_columns(payload_fields: Sequence[str], extra_columns: Sequence[str] = ()
+                     ) -> list[str]:
+    """The columns of one stream's silver table, in order."""
+    return [*ENVELOPE_COLUMNS, *payload_fields, *extra_columns, *_COORDINATES, "event_date"]
+
+
+def accepted_rows(tables: Mapping[str, str], payload_fields: Sequence[str]) -> Transform:
+    """The accepted rows of every stream in one frame: payload flattened to typed columns (the
+    union of the streams' fields), `event_date`, and the silver table each row belongs to in
+    `ROUTE_COLUMN` (topic -> table in `tables`). One frame, so a micro-batch's silver tables
+    are computed in one Spark job and split by the writer."""
+
+    def apply(df: DataFrame) -> DataFrame:
+        route = F.lit(None).cast("string")
+        for topic, table in tables.items():
+            route = F.when(F.col("topic") == topic, F.lit(table)).otherwise(route)
+        payload = [F.col(f"payload.{name}").alias(name) for name in payload_fields]
+        return (df.where(F.col("reject_reason").isNull())
+                  .select(*(c for c in df.columns if c != "payload"), *payload,
+                          F.to_date("event_time").alias("event_date"), route.alias(ROUTE_COLUMN))
+                  .where(F.col(ROUTE_COLUMN).isNotNull()))
+
+    return apply
+
+
 def accepted_for(topic: str, payload_fields: Sequence[str],
                  extra_columns: Sequence[str] = ()) -> Transform:
     """The accepted rows of one stream, payload flattened to typed columns."""
 
     def apply(df: DataFrame) -> DataFrame:
-        payload = [F.col(f"payload.{name}").alias(name) for name in payload_fields]
-        return (df.where(F.col("reject_reason").isNull() & (F.col("topic") == topic))
-                  .select(*ENVELOPE_COLUMNS, *payload, *extra_columns, "topic", "partition",
-                          "offset", "kafka_timestamp",
-                          F.to_date("event_time").alias("event_date")))
+        return (df.transform(accepted_rows({topic: topic}, payload_fields))
+                  .select(*accepted_columns(payload_fields, extra_columns)))
 
     return apply
 

@@ -60,6 +60,10 @@ def build_spark(settings: Settings, app_name: str | None = None) -> SparkSession
     if settings.storage.is_local or settings.storage.root.startswith("file:"):
         builder = builder.config("spark.sql.streaming.checkpointFileManagerClass",
                                  FS_CHECKPOINT_MANAGER)
+    if settings.spark.master.startswith("local"):
+        # The workers run where this package is installed: a daemon that spares each task
+        # re-reading Spark's jar and zips (~90 ms; see worker_daemon.py).
+        builder = builder.config("spark.python.daemon.module", "pipelines.worker_daemon")
     if settings.streaming.scheduler is SchedulerMode.FAIR:
         builder = (builder.config("spark.scheduler.mode", "FAIR")
                    .config("spark.scheduler.allocation.file", _fair_pools_file(settings)))

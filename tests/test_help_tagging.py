@@ -402,3 +402,16 @@ def test_help_job_tags_every_request_once_and_matches_ground_truth(spark, broker
         rows)
     assert len(_consume_all(settings, settings.kafka_topic(settings.help.tags_topic))) == len(
         messages)
+
+
+def test_ticker_stop_lets_its_producer_go(broker_settings) -> None:
+    """A stopped ticker holds no producer (a live one logs every disconnect of the broker)."""
+    from pipelines.jobs.help_sink import Ticker
+
+    ticker = Ticker(broker_settings()).start()
+    ticker.tick()
+    ticker.stop()
+    assert ticker.producer is None
+    with pytest.raises(RuntimeError, match="stopped"):
+        ticker.tick()
+    ticker.stop()  # a second stop is harmless

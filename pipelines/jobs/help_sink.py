@@ -38,12 +38,14 @@ class Ticker:
 
         self.topic = settings.kafka_topic(settings.help.tick_topic)
         self.interval_s = settings.help.tick_interval_s
-        self.producer = Producer({**settings.kafka.client_options(), "linger.ms": 0,
-                                  "acks": "all"})
+        self.producer: Producer | None = Producer(
+            {**settings.kafka.client_options(), "linger.ms": 0, "acks": "all"})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="help-ticker", daemon=True)
 
     def tick(self) -> None:
+        if self.producer is None:
+            raise RuntimeError("the ticker was stopped")
         self.producer.produce(self.topic, orjson.dumps({"tick_ms": now_ms()}))
         self.producer.poll(0)
 
@@ -56,9 +58,12 @@ class Ticker:
         return self
 
     def stop(self) -> None:
+        """Stop ticking and let the producer go (a live one logs every broker disconnect)."""
         self._stop.set()
         self._thread.join(timeout=5)
-        self.producer.flush(5)
+        if self.producer is not None and not self._thread.is_alive():
+            self.producer.flush(5)
+            self.producer = None
 
 
 class HelpTagSink:

@@ -14,9 +14,11 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 from pyspark.sql.types import StructType
 
@@ -41,8 +43,9 @@ class DeltaWriter(Protocol):
     """What the streaming jobs need of a Delta engine."""
 
     def append(self, df: DataFrame, path: str, *, partition_by: Sequence[str],
-               app_id: str, version: int) -> bool:
-        """Append `df` once per (app_id, version); False when it was already written."""
+               app_id: str, version: int, stamp_column: str | None = None) -> bool:
+        """Append `df` once per (app_id, version); False when it was already written.
+        `stamp_column`: a last column holding the time of the write."""
 
     def append_routed(self, df: DataFrame, route_column: str, tables: Sequence[RoutedTable], *,
                       app_id: str, version: int) -> list[str]:
@@ -60,10 +63,17 @@ class DeltaRsWriter:
     """delta-rs under Spark: the batch goes to the driver as Arrow and is committed there."""
 
     def append(self, df: DataFrame, path: str, *, partition_by: Sequence[str],
-               app_id: str, version: int) -> bool:
+               app_id: str, version: int, stamp_column: str | None = None) -> bool:
         if _already_written(path, app_id, version):
             return False
-        return _write_arrow(df.toArrow(), path, partition_by, app_id, version)
+        table = df.toArrow()
+        if stamp_column is not None:
+            import pyarrow as pa
+
+            stamp = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
+            table = table.append_column(pa.field(stamp_column, stamp.type, nullable=False),
+                                        pa.repeat(stamp, table.num_rows))
+        return _write_arrow(table, path, partition_by, app_id, version)
 
     def append_routed(self, df: DataFrame, route_column: str, tables: Sequence[RoutedTable], *,
                       app_id: str, version: int) -> list[str]:
@@ -122,7 +132,9 @@ class DeltaSparkWriter:
     """The JVM Delta connector: `txnAppId`/`txnVersion` make the append idempotent."""
 
     def append(self, df: DataFrame, path: str, *, partition_by: Sequence[str],
-               app_id: str, version: int) -> bool:
+               app_id: str, version: int, stamp_column: str | None = None) -> bool:
+        if stamp_column is not None:
+            df = df.withColumn(stamp_column, F.current_timestamp())
         (df.write.format("delta").mode("append")
          .option("txnAppId", app_id).option("txnVersion", str(version))
          .partitionBy(*partition_by).save(path))
@@ -194,8 +206,10 @@ BatchHook = Callable[[DataFrame, int], None]
 
 def exactly_once_batch_writer(
     settings: Settings, table: str, *, checkpoint: str, partition_by: Sequence[str],
+    stamp_column: str | None = None,
 ) -> BatchHook:
-    """A foreachBatch function appending each micro-batch to `table` exactly once."""
+    """A foreachBatch function appending each micro-batch to `table` exactly once
+    (`stamp_column`: see `DeltaWriter.append`)."""
     writer = delta_writer(settings)
     path = settings.table_path(table)
     kill_after = settings.faults.kill_after_delta_commit_batch
@@ -205,7 +219,7 @@ def exactly_once_batch_writer(
         if not app_id:
             app_id.append(streaming_query_id(batch.sparkSession, checkpoint))
         writer.append(batch, path, partition_by=partition_by, app_id=app_id[0],
-                      version=batch_id)
+                      version=batch_id, stamp_column=stamp_column)
         if kill_after is not None and batch_id == kill_after:
             # Fault injection for the exactly-once tests: die after the Delta commit but
             # before Spark's commit log records the batch, so the restart must replay it.
@@ -217,6 +231,7 @@ def exactly_once_batch_writer(
 def start_delta_stream(
     df: DataFrame, settings: Settings, table: str, *, checkpoint: str,
     partition_by: Sequence[str] = (), once: bool = False, query_name: str | None = None,
+    stamp_column: str | None = None,
 ) -> StreamingQuery:
     """Start a streaming append of `df` into `table` (availableNow when `once`)."""
     name = query_name or table.replace(".", "_")
@@ -224,7 +239,8 @@ def start_delta_stream(
               .queryName(name)
               .option("checkpointLocation", checkpoint)
               .foreachBatch(exactly_once_batch_writer(
-                  settings, table, checkpoint=checkpoint, partition_by=partition_by)))
+                  settings, table, checkpoint=checkpoint, partition_by=partition_by,
+                  stamp_column=stamp_column)))
     if once:
         writer = writer.trigger(availableNow=True)
     else:

@@ -25,7 +25,8 @@ def start_bronze(spark: SparkSession, settings: Settings, *, once: bool) -> Runn
     target = kafka_end_offsets(settings, topics) if python_once else None
     query = start_delta_stream(source.transform(kafka_to_bronze), settings, BRONZE_TABLE,
                                checkpoint=checkpoint, partition_by=BRONZE_PARTITION_COLUMNS,
-                               once=once and not python_once, query_name="bronze")
+                               once=once and not python_once, query_name="bronze",
+                               stamp_column="ingested_at")
     return RunningJob(query, target)
 
 

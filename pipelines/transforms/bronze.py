@@ -20,6 +20,10 @@ def kafka_to_bronze(df: DataFrame) -> DataFrame:
     `value` holds the record as text where it is valid UTF-8; `value_raw` holds the exact bytes
     only where it is not, so every record is byte-recoverable and nothing is dropped.
     `ingest_date` comes from the broker timestamp, so a replayed batch lands in the same place.
+    `ingested_at` is not set here: the sink stamps it at commit time. A `current_timestamp()`
+    in a streaming plan becomes a new literal every micro-batch, and Spark inlines timestamp
+    literals into the generated code, so each batch compiled and JIT-warmed a fresh class:
+    26-28% of bronze's CPU, measured (docs/BENCHMARKS.md).
     """
     return df.select(
         F.col("topic"),
@@ -31,5 +35,4 @@ def kafka_to_bronze(df: DataFrame) -> DataFrame:
         _utf8_text(F.col("value")).alias("value"),
         F.when(~F.is_valid_utf8(F.col("value").cast("string")), F.col("value")).alias("value_raw"),
         F.to_date(F.col("timestamp")).alias("ingest_date"),
-        F.current_timestamp().alias("ingested_at"),
     )

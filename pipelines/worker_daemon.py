@@ -17,7 +17,7 @@ Enabled by `build_spark` through `spark.python.daemon.module`.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import sys
 import zipimport
@@ -25,10 +25,10 @@ import zipimport
 _SPARK_ARCHIVES = ("pyspark.zip", "py4j-")
 
 
-def _installed_outside_archives(package: str, archives: list[str]) -> bool:
+def _installed_outside_archives(package: str) -> bool:
     """Whether `package` is importable from a plain directory on `sys.path`."""
     for entry in sys.path:
-        if entry in archives or entry.endswith((".zip", ".jar", ".egg")):
+        if entry.endswith((".zip", ".jar", ".egg")):
             continue
         if os.path.isfile(os.path.join(entry or ".", package, "__init__.py")):
             return True
@@ -40,8 +40,7 @@ def drop_redundant_archives() -> list[str]:
     `sys.path` and the importer cache; returns what was removed."""
     spark_zips = [p for p in sys.path
                   if os.path.basename(p).startswith(_SPARK_ARCHIVES) and p.endswith(".zip")]
-    installed = (_installed_outside_archives("pyspark", spark_zips)
-                 and _installed_outside_archives("py4j", spark_zips))
+    installed = _installed_outside_archives("pyspark") and _installed_outside_archives("py4j")
     drop = [p for p in sys.path if p.endswith(".jar") or (installed and p in spark_zips)]
     sys.path[:] = [p for p in sys.path if p not in drop]
     for key, finder in list(sys.path_importer_cache.items()):
@@ -53,7 +52,6 @@ def drop_redundant_archives() -> list[str]:
 
 if __name__ == "__main__":
     drop_redundant_archives()
-    assert importlib.util.find_spec("pyspark") is not None
     from pyspark.daemon import manager
 
     manager()

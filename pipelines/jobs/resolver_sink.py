@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -69,10 +70,7 @@ class ResolverSink:
 
     def outcomes(self) -> dict[str, int]:
         """Cases per newest state written (final states, and the open ones by their state)."""
-        counts: dict[str, int] = {}
-        for state in self.last_state.values():
-            counts[state] = counts.get(state, 0) + 1
-        return counts
+        return dict(Counter(self.last_state.values()))
 
     def seed(self, spark: SparkSession) -> None:
         """What gold.help_resolutions holds: published action_ids, escalations, open cases."""

@@ -166,6 +166,12 @@ def query_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
                 spark.conf.set(key, value)
 
 
+# RocksDB changelog checkpointing: a commit appends the batch's changes instead of uploading a
+# snapshot of the whole store every micro-batch.
+CHANGELOG_CHECKPOINTING = {
+    "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true"}
+
+
 def start_stateful_query(stream: DataFrame, settings: Settings, *, name: str, checkpoint: str,
                          sink: Callable[[DataFrame, int], None], trigger_s: float,
                          state_partitions: int) -> StreamingQuery:
@@ -176,8 +182,7 @@ def start_stateful_query(stream: DataFrame, settings: Settings, *, name: str, ch
     store. Both are fixed by the checkpoint once the query ran.
     """
     spark = stream.sparkSession
-    conf = {"spark.sql.shuffle.partitions": str(state_partitions),
-            "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true"}
+    conf = {"spark.sql.shuffle.partitions": str(state_partitions), **CHANGELOG_CHECKPOINTING}
     writer = (stream.writeStream.queryName(name)
               .option("checkpointLocation", checkpoint)
               .foreachBatch(sink)

@@ -44,7 +44,13 @@ from pipelines.io.delta import (
 )
 from pipelines.io.kafka import kafka_end_offsets, read_kafka_stream
 from pipelines.jobs.bronze import BRONZE_TABLE
-from pipelines.jobs.runner import JobResult, RunningJob, query_conf, run_streaming_job
+from pipelines.jobs.runner import (
+    CHANGELOG_CHECKPOINTING,
+    JobResult,
+    RunningJob,
+    query_conf,
+    run_streaming_job,
+)
 from pipelines.spark import scheduler_pool
 from pipelines.transforms.bronze import kafka_to_bronze
 from pipelines.transforms.silver import (
@@ -102,6 +108,11 @@ class SilverBatchWriter:
         self.max_event_ms: dict[int, int] = {}  # batch id -> newest accepted event time
         self.enrich = lesson_enricher(settings)  # Delta dims (re-read) or PostgreSQL lookup
         self.topic_tables = {settings.kafka_topic(t): table for t, table in SILVER_TABLES.items()}
+        extra = [*(c for c in LESSON_ATTRIBUTES if c not in ENVELOPE_COLUMNS), "lesson_known"]
+        self.tables = [RoutedTable(table, settings.table_path(table),
+                                   tuple(accepted_columns(topic_payload_fields(topic), extra)),
+                                   ("event_date",))
+                       for topic, table in SILVER_TABLES.items()]
 
     def _load_history(self, spark: SparkSession) -> None:
         """Newest accepted event time per earlier batch, from the metrics this query wrote."""
@@ -130,15 +141,10 @@ class SilverBatchWriter:
 
     def _write(self, spark: SparkSession, rows: DataFrame, batch_id: int) -> None:
         table_path = self.settings.table_path
-        extra = [*(c for c in LESSON_ATTRIBUTES if c not in ENVELOPE_COLUMNS), "lesson_known"]
         accepted = (rows.where(F.col("reject_reason").isNull())
                     .transform(self.enrich(spark))  # one lookup per batch
                     .transform(accepted_rows(self.topic_tables, SILVER_PAYLOAD_FIELDS)))
-        tables = [RoutedTable(table, table_path(table),
-                              tuple(accepted_columns(topic_payload_fields(topic), extra)),
-                              ("event_date",))
-                  for topic, table in SILVER_TABLES.items()]
-        self.writer.append_routed(accepted, ROUTE_COLUMN, tables, app_id=self.app_id,
+        self.writer.append_routed(accepted, ROUTE_COLUMN, self.tables, app_id=self.app_id,
                                   version=batch_id)
         if self.settings.faults.kill_after_delta_commit_batch == batch_id:
             # Fault injection (tests): die between two of the batch's table commits.
@@ -197,10 +203,7 @@ def start_silver(spark: SparkSession, settings: Settings, *, once: bool) -> Runn
               .option("checkpointLocation", checkpoint)
               .foreachBatch(sink)
               .trigger(processingTime=f"{trigger_ms} milliseconds"))
-    # RocksDB changelog checkpointing: a commit appends the batch's new keys instead of
-    # uploading a snapshot of the whole dedup store (a window of events) every micro-batch.
-    changelog = {"spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true"}
-    with query_conf(spark, changelog), scheduler_pool(spark, settings, "silver"):
+    with query_conf(spark, CHANGELOG_CHECKPOINTING), scheduler_pool(spark, settings, "silver"):
         query = writer.start()
     return RunningJob(query, target)
 

@@ -134,17 +134,6 @@ def accepted_rows(tables: Mapping[str, str], payload_fields: Sequence[str]) -> T
     return apply
 
 
-def accepted_for(topic: str, payload_fields: Sequence[str],
-                 extra_columns: Sequence[str] = ()) -> Transform:
-    """The accepted rows of one stream, payload flattened to typed columns."""
-
-    def apply(df: DataFrame) -> DataFrame:
-        return (df.transform(accepted_rows({topic: topic}, payload_fields))
-                  .select(*accepted_columns(payload_fields, extra_columns)))
-
-    return apply
-
-
 def rejects(batch_id: int) -> Transform:
     """The reject-ledger rows: raw record, coordinates, reason, rule, watermark, batch."""
 

@@ -1,0 +1,155 @@
+"""Spark's `parse_and_validate` and the Python contract validator reject the same records.
+
+Both sides see the same raw bytes: the simulator's output with every kind of bad input, plus
+hand-made records that probe where Spark's JSON reading is laxer than orjson's (trailing text,
+lone surrogates, numbers beyond the double range, lenient syntax, JSON types). For each record
+the stream's (reject_reason, reject_rule) must be the Python validator's first violation, or
+both null when the record is valid. The residual differences the validator's docstring names
+(an overflowing number in an unknown extra field, nesting depth) are not in the table.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import orjson
+import pytest
+from pyspark.sql import SparkSession
+
+from pipelines.config import BadInputShares, SimulatorConfig
+from pipelines.simulator import generate_events
+from pipelines.transforms.validate import parse_and_validate
+from quality.rules import rule_id
+from schemas.contract import validate_raw
+
+T0 = 1_700_000_000_000
+GOOD = orjson.dumps({
+    "event_id": "6f1c2a3e-8a4b-4c1d-9e2f-0a1b2c3d4e5f", "event_type": "av.quality",
+    "schema_version": 1, "team": "client-web",
+    "classroom_id": "cr-1", "lesson_id": "l-1", "user_id": "u-1", "role": "teacher",
+    "platform": "web", "app_version": "1.0", "event_time": T0,
+    "payload": {"direction": "up", "media": "audio", "bitrate_kbps": 64,
+                "packet_loss_pct": 0.5, "jitter_ms": 3.0, "rtt_ms": 80, "freeze_count": 0,
+                "mic_muted": False}})
+
+
+def _with(old: bytes, new: bytes) -> bytes:
+    assert old in GOOD, old
+    return GOOD.replace(old, new, 1)
+
+
+EDGE_CASES: dict[str, bytes | None] = {
+    "good": GOOD,
+    "leading and trailing whitespace": b" \n\t" + GOOD + b"\r\n ",
+    # Trailing text after the record: Spark's parser stops after the first value.
+    "trailing brace": GOOD + b"}",
+    "trailing comma": GOOD + b",",
+    "trailing member": GOOD + b',"x":1}',
+    "trailing bracket": GOOD + b"]",
+    "trailing bracket then array": GOOD + b"],[1",
+    "trailing word": GOOD + b" x",
+    "trailing record": GOOD + b" " + GOOD,
+    "trailing record after comma": GOOD + b"," + GOOD,
+    "two brackets": GOOD + b"]]",
+    "record in an array": b"[" + GOOD + b"]",
+    "truncated": GOOD[:-1],
+    "empty": b"",
+    "only whitespace": b"  ",
+    "null value": None,
+    "json null": b"null",
+    "number": b"42",
+    "string": b'"text"',
+    "empty object": b"{}",
+    "not utf-8": _with(b'"cr-1"', b'"cr-\xff1"'),
+    # Strings: escapes and surrogates (orjson rejects a lone one).
+    "escaped unicode": _with(b'"cr-1"', b'"cr-\\u00e91"'),
+    "surrogate pair": _with(b'"cr-1"', b'"cr-\\ud83d\\ude001"'),
+    "lone high surrogate": _with(b'"cr-1"', b'"cr-\\ud83d1"'),
+    "lone low surrogate": _with(b'"cr-1"', b'"cr-\\ude001"'),
+    "escaped backslash before u": _with(b'"cr-1"', b'"cr-\\\\ud83d1"'),
+    "unknown escape": _with(b'"cr-1"', b'"cr-\\q1"'),
+    "raw control char": _with(b'"cr-1"', b'"cr-\t1"'),
+    # Lenient syntax Spark can be told to allow; orjson never does.
+    "single quotes": _with(b'"cr-1"', b"'cr-1'"),
+    "comment": _with(b'"role"', b'/* c */"role"'),
+    "unquoted name": _with(b'"role"', b"role"),
+    "leading zero": _with(b'"rtt_ms":80', b'"rtt_ms":080'),
+    "nan": _with(b'"jitter_ms":3.0', b'"jitter_ms":NaN'),
+    # Numbers and JSON types.
+    "double overflow": _with(b'"jitter_ms":3.0', b'"jitter_ms":1e400'),
+    "int overflow": _with(b'"rtt_ms":80', b'"rtt_ms":99999999999999999999999'),
+    "int beyond int32": _with(b'"rtt_ms":80', b'"rtt_ms":4294967296'),
+    "int as float": _with(b'"rtt_ms":80', b'"rtt_ms":80.0'),
+    "int as string": _with(b'"rtt_ms":80', b'"rtt_ms":"80"'),
+    "double as int": _with(b'"jitter_ms":3.0', b'"jitter_ms":3'),
+    "double as bool": _with(b'"jitter_ms":3.0', b'"jitter_ms":true'),
+    "string as number": _with(b'"cr-1"', b"5"),
+    "bool as string": _with(b'"mic_muted":false', b'"mic_muted":"false"'),
+    "event time huge": _with(str(T0).encode(), b"99999999999999999"),
+    "payload an array": _with(GOOD[GOOD.index(b'{"direction"'):-1], b"[1]"),
+    "payload null": _with(GOOD[GOOD.index(b'{"direction"'):-1], b"null"),
+    "duplicate key, last wins": _with(b'"role":"teacher"', b'"role":"admin","role":"teacher"'),
+    "nested extra field": _with(b'"rtt_ms":80', b'"rtt_ms":80,"extra":{"a":[1,{"b":null}]}'),
+}
+
+
+def _simulated() -> list[bytes | None]:
+    shares = BadInputShares(malformed_json=0.03, missing_field=0.03, wrong_type=0.03,
+                            unknown_event_type=0.03, unknown_schema_version=0.03,
+                            unnatural_timestamp=0.01, late=0.01, duplicate=0.01)
+    config = SimulatorConfig(help_share=0.5, bad_input=shares)
+    return [e.value for e in generate_events(config, 8, 60, seed=11, start_ms=T0)]
+
+
+def _expected(raw: bytes | None) -> tuple[str | None, str | None]:
+    violations = validate_raw(raw)
+    if not violations:
+        return None, None
+    first = violations[0]
+    return first.reason.value, rule_id(first.field, first.rule)
+
+
+@pytest.fixture(scope="module")
+def verdicts(spark: SparkSession) -> dict[int, tuple[str | None, str | None]]:
+    """Record index -> the stream's (reject_reason, reject_rule)."""
+    records = list(EDGE_CASES.values()) + _simulated()
+    ts, day = datetime.now(UTC), date(2023, 11, 14)
+    rows = [("classroom.av", 0, i, ts, b"k", _text(raw), raw, day)
+            for i, raw in enumerate(records)]
+    bronze = spark.createDataFrame(rows, (
+        "topic string, partition int, offset long, kafka_timestamp timestamp, key binary, "
+        "value string, value_raw binary, ingest_date date"))
+    out = bronze.transform(parse_and_validate).select("offset", "reject_reason", "reject_rule")
+    return {r.offset: (r.reject_reason, r.reject_rule) for r in out.collect()}
+
+
+def _text(raw: bytes | None) -> str | None:
+    """Bronze's `value`: the record as text where it is UTF-8, else null."""
+    try:
+        return None if raw is None else raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+@pytest.mark.parametrize("name", list(EDGE_CASES))
+def test_edge_case_agrees_with_the_python_validator(
+        name: str, verdicts: dict[int, tuple[str | None, str | None]]) -> None:
+    index = list(EDGE_CASES).index(name)
+    assert verdicts[index] == _expected(EDGE_CASES[name])
+
+
+def test_simulated_records_agree_with_the_python_validator(
+        verdicts: dict[int, tuple[str | None, str | None]]) -> None:
+    simulated = _simulated()
+    offset = len(EDGE_CASES)
+    wrong = {i: (verdicts[offset + i], _expected(raw)) for i, raw in enumerate(simulated)
+             if verdicts[offset + i] != _expected(raw)}
+    assert not wrong, f"{len(wrong)} of {len(simulated)} differ, e.g. {list(wrong.items())[:3]}"
+    reasons = {_expected(raw)[0] for raw in simulated}
+    assert {"malformed_json", "missing_field", "bad_type", "unknown_event_type",
+            "unknown_schema_version", None} <= reasons
+
+
+def test_the_good_record_is_valid() -> None:
+    """Every edge case is a one-place change of GOOD, so GOOD itself must pass."""
+    assert validate_raw(GOOD) == []

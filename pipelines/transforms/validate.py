@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import DataType, StringType, StructField, StructType, VariantType
+from pyspark.sql.types import ArrayType, DataType, StringType, StructField, StructType, VariantType
 
 from quality.rules import (
     ENVELOPE_RULES,
@@ -125,15 +125,23 @@ def _wrapped(value: Column) -> Column:
 
 
 def _parse(df: DataFrame) -> DataFrame:
-    """Read each record twice: into variants (JSON types) and against the contract's typed
-    schema (values); a third time for the few the variant probe fails on."""
+    """Read each record twice: into variants (JSON types) and, as `[value]`, against the
+    contract's typed schema (values, and how many JSON values the record holds); a third time
+    for the few the variant probe fails on."""
     value = F.col("value")
     fast = F.from_json(_wrapped(value), _PROBE, STRICT_JSON)
     slow = F.from_json(_wrapped(value), _PROBE_SLOW, STRICT_JSON)
-    typed = F.from_json(value, envelope_spark_schema())
-    items = F.expr("json_array_length('[' || value || ']')")
-    parsed = df.select("*", fast.alias("_probe"), typed.alias("_typed"), items.alias("_items"))
-    return parsed.withColumn("_slow", F.when(F.col(f"_probe.{CORRUPT}").isNotNull(), slow))
+    typed = F.from_json(F.concat(F.lit("["), value, F.lit("]")),
+                        ArrayType(envelope_spark_schema()))
+    parsed = df.select("*", fast.alias("_probe"), typed.alias("_typed_items"))
+    # The typed read doubles as the `[value]` element count; `json_array_length` (a third full
+    # parse) only where it did not parse (malformed or not an object: a few records).
+    items = F.expr("CASE WHEN _typed_items IS NOT NULL THEN size(_typed_items)"
+                   " ELSE json_array_length('[' || value || ']') END")
+    return parsed.select(
+        *df.columns, "_probe", F.expr("get(_typed_items, 0)").alias("_typed"),
+        items.alias("_items"),
+        F.when(F.col(f"_probe.{CORRUPT}").isNotNull(), slow).alias("_slow"))
 
 
 def _leaf(part: str, name: str) -> str:

@@ -81,3 +81,20 @@ def test_cli_reports_a_config_error_and_exits_2() -> None:
     result = lakehouse_cli(["broker", "status"], {"LAKEHOUSE__BROKER__PORT": "not-a-port"})
     assert result.returncode == 2
     assert "broker.port" in result.stderr
+
+
+def test_extra_java_options_add_to_the_jobs_own() -> None:
+    from pipelines.spark import JAVA_OPTIONS, _java_options
+
+    merged = _java_options({"spark.driver.extraJavaOptions": "-XX:+UseParallelGC"})
+    assert merged["spark.driver.extraJavaOptions"].split() == [*JAVA_OPTIONS,
+                                                               "-XX:+UseParallelGC"]
+    assert merged["spark.executor.extraJavaOptions"].split() == list(JAVA_OPTIONS)
+
+
+def test_the_session_jvm_runs_with_the_java_options(spark) -> None:
+    """The options reach the driver JVM (local mode: the executors are in it too)."""
+    from pipelines.spark import JAVA_OPTIONS
+
+    runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+    assert set(JAVA_OPTIONS) <= set(runtime.getInputArguments())

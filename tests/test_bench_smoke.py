@@ -7,6 +7,7 @@ session's SparkSession is reused so the test pays no extra JVM start-up.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import socket
@@ -101,3 +102,25 @@ def test_bench_bronze_counts_every_record(spark: SparkSession, tmp_path: Path) -
     host, _, port = report.bootstrap.rpartition(":")
     with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=1):
         pass
+
+
+def test_bench_validate_measures_the_validation(spark: SparkSession, tmp_path: Path) -> None:
+    """`bench validate`'s in-process measurement: every record validated, the same rejects as
+    the Python contract validator, CPU read from the JVM; and its Markdown."""
+    from pipelines.bench.validate import _append_markdown, _ratios, measure, simulated_records
+    from schemas.contract import validate_raw
+
+    settings = load_settings("local", environ=os.environ)
+    values = simulated_records(settings, 3000)
+    run = measure(spark, values, reps=3)
+    assert run.records == 3000
+    assert run.rejects == sum(1 for v in values if validate_raw(v)) > 0
+    assert run.wall_s > 0 and run.jvm_cpu_s > 0
+
+    runs = [run, dataclasses.replace(run, variant="no-huge-jit", jvm_cpu_s=run.jvm_cpu_s * 2)]
+    assert _ratios(runs) == [0.5]
+    output = tmp_path / "BENCHMARKS.md"
+    _append_markdown(output, 3000, 3, runs, _ratios(runs))
+    text = output.read_text()
+    assert "lakehouse bench validate --records 3000 --reps 3 --rounds 1" in text
+    assert "default / no-huge-jit, per round: 0.50x" in text

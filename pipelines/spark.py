@@ -15,6 +15,7 @@ from xml.sax.saxutils import quoteattr
 from pyspark.sql import SparkSession
 
 from pipelines.config import DeltaEngine, KafkaSourceKind, SchedulerMode, Settings
+from pipelines.transforms.validate import REQUIRED_SPARK_CONF
 
 # Spark's default checkpoint manager writes through Hadoop's FileContext, which (without
 # Hadoop's native library, as here) forks `chmod` for every file it creates and `readlink` for
@@ -64,8 +65,10 @@ def build_spark(settings: Settings, app_name: str | None = None) -> SparkSession
     if settings.streaming.scheduler is SchedulerMode.FAIR:
         builder = (builder.config("spark.scheduler.mode", "FAIR")
                    .config("spark.scheduler.allocation.file", _fair_pools_file(settings)))
-    # `spark.extra_conf` adds to the JVM options rather than replacing them.
-    conf = {**settings.spark.extra_conf, **_java_options(settings.spark.extra_conf)}
+    # The validation's own needs, then `spark.extra_conf`, which adds to the JVM options
+    # rather than replacing them.
+    conf = {**REQUIRED_SPARK_CONF, **settings.spark.extra_conf,
+            **_java_options(settings.spark.extra_conf)}
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

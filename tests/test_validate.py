@@ -89,6 +89,9 @@ EDGE_CASES: dict[str, bytes | None] = {
     "payload an array": _with(GOOD[GOOD.index(b'{"direction"'):-1], b"[1]"),
     "payload null": _with(GOOD[GOOD.index(b'{"direction"'):-1], b"null"),
     "duplicate key, last wins": _with(b'"role":"teacher"', b'"role":"admin","role":"teacher"'),
+    "duplicate payload key": _with(b'"rtt_ms":80', b'"rtt_ms":"x","rtt_ms":80'),
+    "duplicate key in a payload array": _with(GOOD[GOOD.index(b'{"direction"'):-1],
+                                              b'[{"a":1,"a":2}]'),
     "nested extra field": _with(b'"rtt_ms":80', b'"rtt_ms":80,"extra":{"a":[1,{"b":null}]}'),
 }
 

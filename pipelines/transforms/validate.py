@@ -17,12 +17,14 @@ Why the extra JSON checks: Spark's parser stops after the first JSON value (`{..
 and is lenient by default; orjson, the contract's parser, is strict. A record is well-formed
 when (a) a strict `from_json` of `{"k":<value>}` succeeds, which also catches trailing text
 that does not start with `}` or `,`, (b) `[<value>]` is an array of exactly one element, which
-catches the rest, and (c) it has no unpaired UTF-16 surrogate escape and no contract field
-holds a number beyond the double range (orjson rejects both).
+catches the rest (the typed read parses `[<value>]`, so its size is that count; only where it
+fails does `json_array_length` parse the record once more), and (c) it has no unpaired UTF-16
+surrogate escape and no contract field holds a number beyond the double range (orjson rejects
+both).
 
 Residual differences from orjson (kept out of the agreement test on purpose): an overflowing
 number inside an unknown extra field, nesting deeper than Jackson's limit (1000) vs orjson's
-(1024), and duplicate keys unless `REQUIRED_SPARK_CONF` is set (then both keep the last).
+(1024). Duplicate keys: both keep the last (`REQUIRED_SPARK_CONF`, set by `build_spark`).
 
 The checks are built as SQL text (`F.expr`), not Column objects: the Column API costs a py4j
 round trip per operator, tens of thousands here, seconds per query start.
@@ -56,7 +58,9 @@ from schemas.contract import (
     union_payload_spark_schema,
 )
 
-# Without it the variant reader rejects a value holding duplicate keys (orjson keeps the last).
+# Without it the variant reader rejects a value holding duplicate keys inside a variant (orjson
+# keeps the last; duplicates of the envelope's and payload's own fields keep the last anyway).
+# `build_spark` sets it.
 REQUIRED_SPARK_CONF = {"spark.sql.variant.allowDuplicateKeys": "true"}
 
 CORRUPT = "_corrupt_record"

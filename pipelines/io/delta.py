@@ -47,6 +47,11 @@ class DeltaWriter(Protocol):
         """Append `df` once per (app_id, version); False when it was already written.
         `stamp_column`: a last column holding the time of the write."""
 
+    def append_arrow(self, spark: SparkSession, table: pa.Table, path: str, *,
+                     partition_by: Sequence[str], app_id: str, version: int) -> bool:
+        """`append` for rows already on the driver (a sink's Arrow table): delta-rs writes
+        them as they are, without a round trip through a Spark job."""
+
     def append_routed(self, df: DataFrame, route_column: str, tables: Sequence[RoutedTable], *,
                       app_id: str, version: int) -> list[str]:
         """Append each table's rows of `df` (where `route_column` equals its route), each
@@ -73,6 +78,12 @@ class DeltaRsWriter:
             stamp = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
             table = table.append_column(pa.field(stamp_column, stamp.type, nullable=False),
                                         pa.repeat(stamp, table.num_rows))
+        return _write_arrow(table, path, partition_by, app_id, version)
+
+    def append_arrow(self, spark: SparkSession, table: pa.Table, path: str, *,
+                     partition_by: Sequence[str], app_id: str, version: int) -> bool:
+        if _already_written(path, app_id, version):
+            return False
         return _write_arrow(table, path, partition_by, app_id, version)
 
     def append_routed(self, df: DataFrame, route_column: str, tables: Sequence[RoutedTable], *,
@@ -139,6 +150,11 @@ class DeltaSparkWriter:
          .option("txnAppId", app_id).option("txnVersion", str(version))
          .partitionBy(*partition_by).save(path))
         return True
+
+    def append_arrow(self, spark: SparkSession, table: pa.Table, path: str, *,
+                     partition_by: Sequence[str], app_id: str, version: int) -> bool:
+        return self.append(spark.createDataFrame(table), path, partition_by=partition_by,
+                           app_id=app_id, version=version)
 
     def append_routed(self, df: DataFrame, route_column: str, tables: Sequence[RoutedTable], *,
                       app_id: str, version: int) -> list[str]:

@@ -104,8 +104,8 @@ class HelpTagSink:
         table = with_tag_times(table, now_ms(), self.app_id, batch_id)
         self._publish(table)
         clock.lap("kafka")
-        self.writer.append(spark.createDataFrame(table), self.path,
-                           partition_by=["request_date"], app_id=self.app_id, version=batch_id)
+        self.writer.append_arrow(spark, table, self.path, partition_by=["request_date"],
+                                 app_id=self.app_id, version=batch_id)
         clock.lap("delta")
         for day, help_id in zip(table["request_date"].to_pylist(),
                                 table["help_id"].to_pylist(), strict=True):

@@ -108,9 +108,9 @@ class ResolverSink:
         kill_from = self.settings.resolver.kill_after_publish_batch
         if kill_from is not None and batch_id >= kill_from and actions:
             os.kill(os.getpid(), signal.SIGKILL)  # tests: the documented crash window
-        self.writer.append(spark.createDataFrame(gold_rows(table, batch_id)), self.path,
-                           partition_by=["transition_date"], app_id=self.app_id,
-                           version=batch_id)
+        self.writer.append_arrow(spark, gold_rows(table, batch_id), self.path,
+                                 partition_by=["transition_date"], app_id=self.app_id,
+                                 version=batch_id)
         if self.settings.faults.kill_after_delta_commit_batch == batch_id:
             os.kill(os.getpid(), signal.SIGKILL)  # tests: replay after the Delta commit
         self._remember(rows)

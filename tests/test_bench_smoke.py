@@ -124,3 +124,26 @@ def test_bench_validate_measures_the_validation(spark: SparkSession, tmp_path: P
     text = output.read_text()
     assert "lakehouse bench validate --records 3000 --reps 3 --rounds 1" in text
     assert "default / no-huge-jit, per round: 0.50x" in text
+
+
+def test_bench_help_phase_medians() -> None:
+    """The per-phase medians come from data batches only; sink phases where a batch had them."""
+    from pipelines.bench.help import HelpBenchReport, LoadRun, batch_phases, phase_table
+
+    progress = [
+        {"batchId": 0, "numInputRows": 0, "durationMs": {"addBatch": 9000}},  # idle: ignored
+        {"batchId": 1, "numInputRows": 5, "durationMs": {"addBatch": 1000, "walCommit": 20}},
+        {"batchId": 2, "numInputRows": 7, "durationMs": {"addBatch": 3000, "walCommit": 40}},
+        {"batchId": 3, "numInputRows": 9, "durationMs": {"addBatch": 2000, "walCommit": 30}},
+    ]
+    sink = {1: {"compute": 0.5}, 2: {"compute": 0.7, "kafka": 0.1, "delta": 0.3},
+            3: {"compute": 0.6}}
+    phases = batch_phases(progress, sink)
+    assert phases == {"addBatch": 2.0, "walCommit": 0.03, "sink compute": 0.6,
+                      "sink kafka": 0.1, "sink delta": 0.3}
+    run = LoadRun(classrooms=200, engine="state", requests=1, tags=1, accuracy=1.0, latency={},
+                  offered_rate=1.0, processed_rate=1.0, batch_ms=[1], lag_at_end_s=None,
+                  state_rows=0, phases=phases)
+    columns, rows = phase_table(HelpBenchReport("now", {}, {}, loads=[run]))
+    assert dict(zip(columns, rows[0], strict=True))["addBatch"] == "2.00"
+    assert dict(zip(columns, rows[0], strict=True))["latestOffset"] == "-"

@@ -83,6 +83,31 @@ class LoadRun:
     # Max state rows in the first and second half of the simulation (by batch time): equal
     # halves mean the window state stays flat (evidence is pruned behind the watermark).
     state_rows_halves: tuple[int, int] = (0, 0)
+    # Where a data batch's time goes, median seconds: Spark's phases of the trigger (durationMs)
+    # and, inside addBatch, the tag sink's (compute = the rules job and collect, kafka, delta).
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+SPARK_PHASES = ("latestOffset", "queryPlanning", "addBatch", "walCommit", "commitOffsets",
+                "triggerExecution")
+SINK_PHASES = ("compute", "kafka", "delta")
+
+
+def batch_phases(progress: list[dict], sink_timings: dict[int, dict[str, float]]
+                 ) -> dict[str, float]:
+    """Median seconds per phase over the batches that read rows (sink phases: over the batches
+    that reached them; a batch with no tag stops after `compute`)."""
+    busy = [p for p in progress if p.get("numInputRows")]
+    out = {}
+    for name in SPARK_PHASES:
+        values = [p["durationMs"][name] / 1000 for p in busy if name in p["durationMs"]]
+        if values:
+            out[name] = statistics.median(values)
+    for name in SINK_PHASES:
+        values = [t[name] for p in busy if name in (t := sink_timings.get(p["batchId"], {}))]
+        if values:
+            out[f"sink {name}"] = statistics.median(values)
+    return out
 
 
 @dataclass
@@ -192,7 +217,8 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
         latency=help_latency(spark, settings) if got else {},
         offered_rate=offered, processed_rate=rows / busy_s if busy_s else 0.0,
         batch_ms=[int(p["durationMs"].get("triggerExecution", 0)) for p in busy],
-        lag_at_end_s=lag, state_rows=state, state_rows_halves=halves)
+        lag_at_end_s=lag, state_rows=state, state_rows_halves=halves,
+        phases=batch_phases(list(progress.values()), job.sink.timings))
 
 
 def _state_halves(progress: dict[int, dict], *, sim_start: float, sim_end: float
@@ -316,7 +342,24 @@ def render(report: HelpBenchReport) -> list[Table]:
     for row in load_rows(report):
         table.add_row(*row)
     tables.append(table)
+    phase_columns, phase_rows = phase_table(report)
+    if phase_rows:
+        table = Table(title="bench help: median seconds per data batch, by phase")
+        for c in phase_columns:
+            table.add_column(c, justify="right")
+        for row in phase_rows:
+            table.add_row(*row)
+        tables.append(table)
     return tables
+
+
+def phase_table(report: HelpBenchReport) -> tuple[list[str], list[tuple[str, ...]]]:
+    """One row per load run: Spark's trigger phases, then the tag sink's."""
+    names = [*SPARK_PHASES, *(f"sink {n}" for n in SINK_PHASES)]
+    rows = [(f"{r.classrooms:,}", r.engine,
+             *(f"{r.phases[n]:.2f}" if n in r.phases else "-" for n in names))
+            for r in report.loads if r.phases]
+    return ["lessons", "engine", *names], rows
 
 
 def _md(columns: list[str] | tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
@@ -345,6 +388,10 @@ def append_markdown(report: HelpBenchReport, output: Path, loads: list[int], dur
                   f"{seed}, {report.accuracy[0]} requests):", "", *_md(columns, rows)]
     lines += ["Latency under load (help share 0.5, paced at real time):", "",
               *_md(LOAD_COLUMNS, load_rows(report))]
+    phase_columns, phase_rows = phase_table(report)
+    if phase_rows:
+        lines += ["Median seconds per data batch, by phase (Spark's trigger phases; the tag "
+                  "sink's phases run inside addBatch):", "", *_md(phase_columns, phase_rows)]
     lines += [f"- {note}" for note in report.notes]
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("a") as fh:

@@ -349,13 +349,10 @@ def read_ranges(client_options: dict[str, str], ranges: tuple[TopicPartitionRang
     buffers = {(r.topic, r.partition): _RangeBuffer(r) for r in ranges if r.end > r.start}
     if not buffers:
         return
-    consumer = _CONSUMERS.take(client_options)
-    assignment = [TopicPartition(t, p, b.next_offset) for (t, p), b in buffers.items()]
-    consumer.assign(assignment)
-    consumer.resume(assignment)  # a pooled consumer may have paused them in an earlier read
+    consumer = _new_consumer(client_options)
+    consumer.assign([TopicPartition(t, p, b.next_offset) for (t, p), b in buffers.items()])
     pending = set(buffers)
     deadline = time.monotonic() + timeout_s
-    healthy = False
     try:
         while pending:
             # consume() waits for all `num_messages` or the timeout: never ask for more than
@@ -400,52 +397,24 @@ def read_ranges(client_options: dict[str, str], ranges: tuple[TopicPartitionRang
             for buf in buffers.values():
                 if len(buf.offsets) >= batch_rows or (buf.done and buf.offsets):
                     yield buf.flush()
-        healthy = True
     finally:
-        _CONSUMERS.give_back(client_options, consumer, healthy=healthy)
-
-
-class _ConsumerPool:
-    """One idle consumer per client configuration in each Python worker, as Spark's own Kafka
-    source pools consumers per executor: a Python worker is reused across tasks, and a new
-    consumer costs a connection, metadata and a close (~60-80 ms a read, measured)."""
-
-    def __init__(self) -> None:
-        self._idle: dict[tuple, Any] = {}
-
-    @staticmethod
-    def _key(client_options: dict[str, str]) -> tuple:
-        return tuple(sorted(client_options.items()))
-
-    def take(self, client_options: dict[str, str]) -> Any:
-        from confluent_kafka import Consumer
-
-        idle = self._idle.pop(self._key(client_options), None)
-        if idle is not None:
-            return idle
-        return Consumer({**client_options, "group.id": "lakehouse-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": False,
-                         "fetch.max.bytes": 104857600, "max.partition.fetch.bytes": 52428800,
-                         "fetch.wait.max.ms": 50,
-                         "queued.max.messages.kbytes": 262144})
-
-    def give_back(self, client_options: dict[str, str], consumer: Any, *, healthy: bool) -> None:
-        """Keep a consumer whose read finished; close one that failed or was abandoned."""
-        from confluent_kafka import KafkaException
-
-        key = self._key(client_options)
-        if healthy and key not in self._idle:
-            try:
-                consumer.unassign()
-            except KafkaException:  # not reusable: close it below
-                pass
-            else:
-                self._idle[key] = consumer
-                return
         consumer.close()
 
 
-_CONSUMERS = _ConsumerPool()
+def _new_consumer(client_options: dict[str, str]) -> Any:
+    """A consumer for one read task, closed when the read ends.
+
+    Not pooled per Python worker, though Spark's own source pools: a reused consumer (after
+    unassign, assign at new offsets) got its first records only after ~1 s on every other
+    read in the help job, while a fresh one reads, and closes, in 20-40 ms
+    (docs/BENCHMARKS.md, "Kafka source: no consumer pool").
+    """
+    from confluent_kafka import Consumer
+
+    return Consumer({**client_options, "group.id": "lakehouse-reader",
+                     "enable.auto.commit": False, "enable.partition.eof": False,
+                     "fetch.max.bytes": 104857600, "max.partition.fetch.bytes": 52428800,
+                     "fetch.wait.max.ms": 50, "queued.max.messages.kbytes": 262144})
 
 
 def _to_batch(part: TopicPartitionRange, keys: list, values: list, offsets: list[int],

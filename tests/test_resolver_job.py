@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import pytest
 from pyspark.sql import SparkSession
 from resolver_loop import (
+    REQUEST_AGE_MS,
     LiveClassrooms,
     av,
     check_outcomes,
@@ -64,7 +65,7 @@ def test_resolver_closes_the_loop(spark: SparkSession, broker, loop_settings) ->
         wait_for(lambda: job.query.lastProgress is not None, 300, "the first batch")
         live.start()
         time.sleep(5)  # some history: c-self's freeze ended before its request
-        produce_tags(live, rooms, int(time.time() * 1000) - 4000)
+        produce_tags(live, rooms, int(time.time() * 1000) - REQUEST_AGE_MS)
         started = time.monotonic()
         wait_for(lambda: len(job.sink.last_state) == len(rooms) and not job.sink.open_cases,
                  240, "every case final")

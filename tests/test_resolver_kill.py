@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 from resolver_loop import (
+    REQUEST_AGE_MS,
     LiveClassrooms,
     check_outcomes,
     consume_all,
@@ -34,7 +35,7 @@ def test_kill_9_mid_run_and_restart_end_each_case_once(broker, loop_settings) ->
     live = LiveClassrooms(settings, rooms).start()
     try:
         time.sleep(5)
-        produce_tags(live, rooms, int(time.time() * 1000) - 4000)
+        produce_tags(live, rooms, int(time.time() * 1000) - REQUEST_AGE_MS)
         killed = lakehouse_cli(["run", "resolver", "--once"],
                                {**env, "LAKEHOUSE__RESOLVER__KILL_AFTER_PUBLISH_BATCH": "0"},
                                timeout=400)

@@ -69,11 +69,12 @@ class Classroom:
 
     def __init__(self, cid: str, primary: str, fault: str | None, role: str | None,
                  fixed_by: str | None, silent: bool = False, finding: str | None = None,
-                 requester: str = "student") -> None:
+                 requester: str = "student", froze_at_start: bool = False) -> None:
         self.cid, self.primary, self.fault, self.role = cid, primary, fault, role
         self.fixed_by, self.silent, self.finding = fixed_by, silent, finding
         self.requester = requester
         self.help_id = f"help-{cid}"
+        self.froze_at_start = froze_at_start  # one frozen sample in the first second, then none
 
 
 def fault_events(c: Classroom, now: int) -> list[tuple[str, bytes]]:
@@ -81,6 +82,10 @@ def fault_events(c: Classroom, now: int) -> list[tuple[str, bytes]]:
     if c.silent:
         return []
     out: list[tuple[str, bytes]] = []
+    if c.froze_at_start:
+        c.froze_at_start = False
+        out.append(("classroom.av", av(c.cid, c.requester, now, freeze=2, direction="down",
+                                       media="video")))
     for role in ("teacher", "student"):
         out.append(("classroom.signal", heartbeat(c.cid, role, now)))
         faulted = c.fault is not None and role == c.role
@@ -158,7 +163,9 @@ def scenario() -> list[Classroom]:
         Classroom("c-net", "STUDENT_NETWORK", "net", "student", "switch_media_line",
                   requester="teacher"),
         Classroom("c-mute", "TEACHER_MIC_MUTED", "mic", "teacher", None),  # not fixable
-        Classroom("c-self", "VIDEO_FREEZE", None, None, None),  # the freeze already ended
+        # The freeze ended before the request. (The resolver keeps no evidence of a classroom
+        # that only ever looked healthy; with the freeze it tracks c-self from the start.)
+        Classroom("c-self", "VIDEO_FREEZE", None, None, None, froze_at_start=True),
         Classroom("c-diag", NO_ISSUE_TAG, "mic", "teacher", "prompt_unmute",
                   finding="TEACHER_MIC_MUTED"),
         Classroom("c-silent", "TEACHER_NETWORK", None, "teacher", None, silent=True),

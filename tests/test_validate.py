@@ -10,12 +10,11 @@ both null when the record is valid. The residual differences the validator's doc
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
-
 import orjson
 import pytest
 from pyspark.sql import SparkSession
 
+from pipelines.bench.stages import bronze_batch
 from pipelines.config import BadInputShares, SimulatorConfig
 from pipelines.simulator import generate_events
 from pipelines.transforms.validate import parse_and_validate
@@ -116,22 +115,11 @@ def _expected(raw: bytes | None) -> tuple[str | None, str | None]:
 def verdicts(spark: SparkSession) -> dict[int, tuple[str | None, str | None]]:
     """Record index -> the stream's (reject_reason, reject_rule)."""
     records = list(EDGE_CASES.values()) + _simulated()
-    ts, day = datetime.now(UTC), date(2023, 11, 14)
-    rows = [("classroom.av", 0, i, ts, b"k", _text(raw), raw, day)
-            for i, raw in enumerate(records)]
-    bronze = spark.createDataFrame(rows, (
-        "topic string, partition int, offset long, kafka_timestamp timestamp, key binary, "
-        "value string, value_raw binary, ingest_date date"))
+    n = len(records)
+    bronze = spark.createDataFrame(bronze_batch(["classroom.av"] * n, [0] * n, list(range(n)),
+                                                [T0] * n, [0] * n, [b"k"] * n, records))
     out = bronze.transform(parse_and_validate).select("offset", "reject_reason", "reject_rule")
     return {r.offset: (r.reject_reason, r.reject_rule) for r in out.collect()}
-
-
-def _text(raw: bytes | None) -> str | None:
-    """Bronze's `value`: the record as text where it is UTF-8, else null."""
-    try:
-        return None if raw is None else raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 @pytest.mark.parametrize("name", list(EDGE_CASES))

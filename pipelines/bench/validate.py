@@ -72,16 +72,16 @@ def measure(spark: SparkSession, values: list[bytes], reps: int,
             variant: str = "default") -> ValidateRun:
     """Validate `values` `reps` times into the noop sink on `spark`; medians after warm-up."""
     from pipelines.bench.memory import jvm_process
+    from pipelines.bench.stages import bronze_batch
     from pipelines.transforms.validate import parse_and_validate
 
     if reps <= WARMUP_REPS:
         raise ValueError(f"reps must exceed the {WARMUP_REPS} warm-up repetitions")
-    ts, day = dt.datetime(2024, 1, 1, tzinfo=dt.UTC), dt.date(2024, 1, 1)
-    rows = [("classroom.av", 0, i, ts, None, _text(v), v, day) for i, v in enumerate(values)]
-    bronze = spark.createDataFrame(rows, (
-        "topic string, partition int, offset long, kafka_timestamp timestamp, key binary, "
-        "value string, value_raw binary, ingest_date date"))
-    bronze = bronze.repartition(spark.sparkContext.defaultParallelism).cache()
+    n = len(values)
+    rows = bronze_batch(["classroom.av"] * n, [0] * n, list(range(n)), [1_704_067_200_000] * n,
+                        [0] * n, [None] * n, values)
+    bronze = spark.createDataFrame(rows).repartition(spark.sparkContext.defaultParallelism)
+    bronze = bronze.cache()
     bronze.count()
     validated = bronze.transform(parse_and_validate)
     rejects = validated.where("reject_reason IS NOT NULL").count()
@@ -105,13 +105,6 @@ def _cpu_seconds(process: psutil.Process | None) -> float:
         return float("nan")
     times = process.cpu_times()
     return float(times.user + times.system)
-
-
-def _text(value: bytes) -> str | None:
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 def run_one(variant: str, records: int, reps: int) -> ValidateRun:

@@ -93,6 +93,12 @@ def enrich_via_lookup(lookup: LessonLookup) -> Transform:
     return enrich
 
 
+def enrichment_reads_once(settings: Settings) -> bool:
+    """Whether the configured enrichment evaluates its events once (the Delta join) or twice
+    (the lookup collects the distinct ids first): a caller persists the events for the latter."""
+    return settings.dimensions.source is not DimensionSource.POSTGRES
+
+
 def lesson_enricher(settings: Settings) -> Callable[[SparkSession], Transform]:
     """The configured source's enrichment: call the result once per micro-batch.
 

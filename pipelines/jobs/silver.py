@@ -29,13 +29,18 @@ import os
 import signal
 from collections.abc import Callable
 
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from rich.console import Console
 from rich.table import Table
 
 from pipelines.config import Settings, SilverSource
-from pipelines.dimensions.enrich import LESSON_ATTRIBUTES, lesson_enricher
+from pipelines.dimensions.enrich import (
+    LESSON_ATTRIBUTES,
+    enrichment_reads_once,
+    lesson_enricher,
+)
 from pipelines.io.delta import (
     RoutedTable,
     delta_writer,
@@ -55,17 +60,18 @@ from pipelines.spark import scheduler_pool
 from pipelines.transforms.bronze import kafka_to_bronze
 from pipelines.transforms.silver import (
     ENVELOPE_COLUMNS,
+    OUTCOME_COLUMNS,
+    REJECT_COLUMNS,
     REJECTS_TABLE,
     ROUTE_COLUMN,
     SILVER_TABLES,
     EventTimeWatermark,
     accepted_columns,
-    accepted_rows,
     flag_filtered_users,
     flag_late,
     flag_unnatural_timestamps,
     quality_counts,
-    rejects,
+    routed_rows,
     with_dedup_key,
 )
 from pipelines.transforms.validate import parse_and_validate
@@ -109,10 +115,13 @@ class SilverBatchWriter:
         self.enrich = lesson_enricher(settings)  # Delta dims (re-read) or PostgreSQL lookup
         self.topic_tables = {settings.kafka_topic(t): table for t, table in SILVER_TABLES.items()}
         extra = [*(c for c in LESSON_ATTRIBUTES if c not in ENVELOPE_COLUMNS), "lesson_known"]
-        self.tables = [RoutedTable(table, settings.table_path(table),
-                                   tuple(accepted_columns(topic_payload_fields(topic), extra)),
-                                   ("event_date",))
-                       for topic, table in SILVER_TABLES.items()]
+        self.tables = [*(RoutedTable(table, settings.table_path(table),
+                                     tuple(accepted_columns(topic_payload_fields(topic), extra)),
+                                     ("event_date",))
+                         for topic, table in SILVER_TABLES.items()),
+                       RoutedTable(REJECTS_TABLE, settings.table_path(REJECTS_TABLE),
+                                   REJECT_COLUMNS, ("reject_date",))]
+        self.enrich_reads_once = enrichment_reads_once(settings)
 
     def _load_history(self, spark: SparkSession) -> None:
         """Newest accepted event time per earlier batch, from the metrics this query wrote."""
@@ -133,41 +142,37 @@ class SilverBatchWriter:
             self._load_history(spark)
         before = [m for b, m in self.max_event_ms.items() if b < batch_id]
         watermark_ms = self.watermark.for_batch(max(before) if before else None)
-        rows = batch.transform(flag_late(watermark_ms)).persist()
+        rows = batch.transform(flag_late(watermark_ms))
+        if not self.enrich_reads_once:
+            rows = rows.persist()  # the lookup reads the rows, then the join does
         try:
             self._write(spark, rows, batch_id)
         finally:
             rows.unpersist()
 
     def _write(self, spark: SparkSession, rows: DataFrame, batch_id: int) -> None:
-        table_path = self.settings.table_path
-        accepted = (rows.where(F.col("reject_reason").isNull())
-                    .transform(self.enrich(spark))  # one lookup per batch
-                    .transform(accepted_rows(self.topic_tables, SILVER_PAYLOAD_FIELDS)))
-        self.writer.append_routed(accepted, ROUTE_COLUMN, self.tables, app_id=self.app_id,
-                                  version=batch_id)
+        """One Spark job computes the batch: its rows, routed to the silver tables and the
+        ledger, come to the driver once; the per-team counts are made from their outcomes."""
+        assert self.app_id is not None
+        routed = (rows.transform(self.enrich(spark))  # one lookup per batch
+                  .transform(routed_rows(self.topic_tables, SILVER_PAYLOAD_FIELDS, batch_id)))
+        outcomes = self.writer.append_routed(routed, ROUTE_COLUMN, self.tables,
+                                             app_id=self.app_id, version=batch_id,
+                                             returning=OUTCOME_COLUMNS)
         if self.settings.faults.kill_after_delta_commit_batch == batch_id:
-            # Fault injection (tests): die between two of the batch's table commits.
+            # Fault injection (tests): die between the batch's table commits and its metrics.
             os.kill(os.getpid(), signal.SIGKILL)
-        self._append(rows.transform(rejects(batch_id)), table_path(REJECTS_TABLE),
-                     ["reject_date"], batch_id)
-        metrics = (rows.transform(quality_counts(batch_id))
+        metrics = (spark.createDataFrame(outcomes)
+                   .transform(quality_counts(batch_id))
                    .withColumn("query_id", F.lit(self.app_id))
                    .withColumn("recorded_at", F.current_timestamp())
-                   .persist())  # read twice: the newest event time, then the append
-        try:
-            newest = metrics.where(F.col("outcome") == "accepted").agg(
-                F.max("max_event_time")).first()[0]
-            self._append(metrics, table_path(METRICS_TABLE), [], batch_id)
-        finally:
-            metrics.unpersist()
+                   .toArrow())
+        self.writer.append_arrow(spark, metrics, self.settings.table_path(METRICS_TABLE),
+                                 partition_by=[], app_id=self.app_id, version=batch_id)
+        accepted = metrics.filter(pc.equal(metrics["outcome"], "accepted"))
+        newest = pc.max(accepted["max_event_time"]).as_py() if accepted.num_rows else None
         if newest is not None:
             self.max_event_ms[batch_id] = int(newest.timestamp() * 1000)
-
-    def _append(self, df: DataFrame, path: str, partition_by: list[str], batch_id: int) -> None:
-        assert self.app_id is not None
-        self.writer.append(df, path, partition_by=partition_by, app_id=self.app_id,
-                           version=batch_id)
 
 
 def start_silver(spark: SparkSession, settings: Settings, *, once: bool) -> RunningJob:

@@ -115,38 +115,46 @@ def accepted_columns(payload_fields: Sequence[str], extra_columns: Sequence[str]
     return [*ENVELOPE_COLUMNS, *payload_fields, *extra_columns, *_COORDINATES, "event_date"]
 
 
-def accepted_rows(tables: Mapping[str, str], payload_fields: Sequence[str]) -> Transform:
-    """The accepted rows of every stream in one frame: payload flattened to typed columns (the
-    union of the streams' fields), `event_date`, and the silver table each row belongs to in
-    `ROUTE_COLUMN` (topic -> table in `tables`). One frame, so a micro-batch's silver tables
-    are computed in one Spark job and split by the writer."""
+REJECT_COLUMNS = ("topic", "partition", "offset", "kafka_timestamp", "key", "value", "value_raw",
+                  "reject_reason", "reject_rule", "watermark", "batch_id", "team", "event_type",
+                  "event_id", "event_time", "rejected_at", "reject_date")
+_RAW_RECORD = ("key", "value", "value_raw")
+
+
+def routed_rows(tables: Mapping[str, str], payload_fields: Sequence[str],
+                batch_id: int) -> Transform:
+    """Every row of a micro-batch in one frame, with the table it goes to in `ROUTE_COLUMN`.
+
+    An accepted row goes to its stream's silver table (topic -> table in `tables`; null for a
+    topic without one): payload flattened to typed columns (the union of the streams'
+    fields) and `event_date`. A rejected row goes to `REJECTS_TABLE` with what the ledger
+    keeps (`REJECT_COLUMNS`): the raw record, coordinates, reason, rule, watermark, batch id,
+    `rejected_at` and `reject_date`. One frame, so a micro-batch is computed by one Spark job
+    (no cache, no second pass over the stateful plan) and split by the writer; the raw record
+    is carried on rejected rows only.
+    """
 
     def apply(df: DataFrame) -> DataFrame:
+        rejected = F.col("reject_reason").isNotNull()
         route = F.lit(None).cast("string")
         for topic, table in tables.items():
             route = F.when(F.col("topic") == topic, F.lit(table)).otherwise(route)
+        route = F.when(rejected, F.lit(REJECTS_TABLE)).otherwise(route)
+        kept = [F.when(rejected, F.col(c)).alias(c) if c in _RAW_RECORD else F.col(c)
+                for c in df.columns if c != "payload"]
         payload = [F.col(f"payload.{name}").alias(name) for name in payload_fields]
-        return (df.where(F.col("reject_reason").isNull())
-                  .select(*(c for c in df.columns if c != "payload"), *payload,
-                          F.to_date("event_time").alias("event_date"), route.alias(ROUTE_COLUMN))
-                  .where(F.col(ROUTE_COLUMN).isNotNull()))
+        return df.select(*kept, *payload,
+                         F.to_date("event_time").alias("event_date"),
+                         F.lit(batch_id).cast("long").alias("batch_id"),
+                         F.current_timestamp().alias("rejected_at"),
+                         F.to_date("kafka_timestamp").alias("reject_date"),
+                         route.alias(ROUTE_COLUMN))
 
     return apply
 
 
-def rejects(batch_id: int) -> Transform:
-    """The reject-ledger rows: raw record, coordinates, reason, rule, watermark, batch."""
-
-    def apply(df: DataFrame) -> DataFrame:
-        return (df.where(F.col("reject_reason").isNotNull())
-                  .select("topic", "partition", "offset", "kafka_timestamp", "key", "value",
-                          "value_raw", "reject_reason", "reject_rule", "watermark",
-                          F.lit(batch_id).cast("long").alias("batch_id"), "team", "event_type",
-                          "event_id", "event_time",
-                          F.current_timestamp().alias("rejected_at"),
-                          F.to_date("kafka_timestamp").alias("reject_date")))
-
-    return apply
+# What `quality_counts` reads of a micro-batch's rows.
+OUTCOME_COLUMNS = ("team", "reject_reason", "dedup_time")
 
 
 def quality_counts(batch_id: int) -> Transform:

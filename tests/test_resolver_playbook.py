@@ -108,6 +108,34 @@ def test_problem_gone_before_validation_resolves_self() -> None:
     assert run(case2, ev2, T0 + 7000) == [VALIDATE, ACT, CONFIRM]
 
 
+def test_a_role_without_evidence_is_awaited_before_acting() -> None:
+    """A classroom that only ever looked healthy leaves the resolver no evidence: VALIDATE
+    waits (evidence_wait_s) for the role's next record instead of acting on nothing."""
+    ev = Evidence()
+    case, _ = open_case(tag("VIDEO_FREEZE"), T0 + 7000, CFG)
+    assert run(case, ev, T0 + 7000) == [VALIDATE]
+    assert wake_at(case) == T0 + 10_000
+    ev.see(None, "student", T0 + 7500)  # its next heartbeat, well after the request
+    assert run(case, ev, T0 + 8000) == [RESOLVED_SELF]
+
+    # Nothing from the role by the end of the wait: silence is not health, act.
+    ev2 = Evidence()
+    ev2.see(None, "teacher", T0 + 7500)  # the other role says nothing of the student
+    case2, _ = open_case(tag("VIDEO_FREEZE", help_id="h2"), T0 + 7000, CFG)
+    assert run(case2, ev2, T0 + 7000) == [VALIDATE]
+    assert run(case2, ev2, T0 + 9000) == []
+    assert run(case2, ev2, T0 + 10_000) == [ACT, CONFIRM]
+
+    # A bad signal of the role is evidence: act at once; so does a wait of 0.
+    ev3 = Evidence()
+    ev3.see("video_freeze", "student", T0 + 6000)
+    case3, _ = open_case(tag("VIDEO_FREEZE", help_id="h3"), T0 + 7000, CFG)
+    assert run(case3, ev3, T0 + 7000) == [VALIDATE, ACT, CONFIRM]
+    no_wait = ResolverConfig(evidence_wait_s=0)
+    case4, _ = open_case(tag("VIDEO_FREEZE", help_id="h4"), T0 + 7000, no_wait)
+    assert run(case4, Evidence(), T0 + 7000, no_wait) == [VALIDATE, ACT, CONFIRM]
+
+
 def test_whiteboard_failure_never_resolves_itself() -> None:
     ev = Evidence()
     ev.see("wb_load_fail", "student", T0 - 10_000)

@@ -158,6 +158,10 @@ class ResolverConfig(_Model):
     grace_s: float = Field(1, ge=0)
     # ... and is healthy once the role kept sending this long with no bad signal of the kind.
     healthy_span_s: float = Field(3, gt=0)
+    # VALIDATE waits up to this long (from the tag's arrival) for a first record of a role it
+    # holds no evidence of: the resolver keeps no state for a classroom that only ever looked
+    # healthy, so the tag's own micro-batch may hold none of the role's (2 s) heartbeats.
+    evidence_wait_s: float = Field(3, ge=0)
     evidence_ttl_s: float = Field(180, gt=0)  # a classroom's evidence state without updates
     done_ttl_s: float = Field(3600, gt=0)  # finished help_ids remembered (tag redelivery)
     # Fault injection for the exactly-once tests: SIGKILL right after the first batch from this

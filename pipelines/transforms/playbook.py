@@ -4,6 +4,7 @@ No Spark here: ResolverProcessor (pipelines/transforms/resolver.py) keeps cases 
 its state store and calls `open_case` / `advance`; the tests call them directly.
 
     NEW -> VALIDATE --(problem gone in the newest evidence)--> RESOLVED_SELF
+               |  (no evidence of the role yet: wait up to evidence_wait_s for its next record)
                |
                v
               ACT (publish an action, attempt n) -> CONFIRM --(healthy)--> RESOLVED_AUTO
@@ -116,6 +117,14 @@ def recovering(ev: Evidence, book: PlaybookConfig, role: str | None, start_ms: i
     return alive is not None and alive > start_ms and (last_bad is None or last_bad < alive)
 
 
+def unseen(ev: Evidence, book: PlaybookConfig, role: str | None) -> bool:
+    """The evidence says nothing of the role either way (quiet playbooks): no record of it, no
+    bad signal. A classroom that only ever looked healthy leaves no evidence behind, so a
+    role the evidence does not know is not yet a sign of trouble."""
+    return (book.confirm is ConfirmBy.QUIET and ev.alive_at(role) is None
+            and ev.last(book.signals, role) is None)
+
+
 def open_case(tag: dict[str, Any], now_ms: int, cfg: ResolverConfig
               ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A new case from a tag record (classroom.help.tags JSON), and its NEW transition."""
@@ -128,6 +137,7 @@ def open_case(tag: dict[str, Any], now_ms: int, cfg: ResolverConfig
         "request_time_ms": int(tag.get("request_time_ms") or request_ms),
         "request_broker_ms": request_ms,
         "deadline_ms": request_ms + int(cfg.total_timeout_s * 1000),
+        "validate_until_ms": now_ms + int(cfg.evidence_wait_s * 1000),
         "state": NEW, "seq": 0, "attempt": 0, "book_attempts": 0, "action": None,
         "action_id": None, "action_ms": None, "target_role": None, "due_ms": None,
         "tried": [],
@@ -203,6 +213,9 @@ def advance(case: dict[str, Any], ev: Evidence, now_ms: int, cfg: ResolverConfig
                                                    span_ms):
                 rows.append(_row(case, RESOLVED_SELF, now_ms,
                                  "problem no longer visible in the newest evidence"))
+            elif book.self_resolve and unseen(ev, book, role) and now_ms < case.get(
+                    "validate_until_ms", 0):
+                break  # no evidence of the role yet: wait for its next record (see wake_at)
             else:
                 rows.extend(_act(case, book, now_ms))
         elif state == CONFIRM:
@@ -252,6 +265,8 @@ def wake_at(case: dict[str, Any]) -> int | None:
     if case["state"] in FINAL_STATES:
         return None
     due = None
+    if case["state"] == VALIDATE:  # waiting for a first record of the role (see advance)
+        due = case.get("validate_until_ms")
     if case["state"] == CONFIRM:  # the next batch opens the confirm window (see _act)
         due = case["action_ms"] + 1 if case["due_ms"] is None else case["due_ms"]
     return min(t for t in (due, case["deadline_ms"]) if t is not None)

@@ -147,3 +147,23 @@ def test_bench_help_phase_medians() -> None:
     columns, rows = phase_table(HelpBenchReport("now", {}, {}, loads=[run]))
     assert dict(zip(columns, rows[0], strict=True))["addBatch"] == "2.00"
     assert dict(zip(columns, rows[0], strict=True))["latestOffset"] == "-"
+
+
+def test_bench_silver_rates_with_and_without_the_first_batch() -> None:
+    """`bench silver` sums input rows over micro-batch durations per query, and also gives
+    the rate after each query's first data batch (which pays the JVM's warm-up)."""
+    from pipelines.bench.silver import stage_rate, steady_ratio
+
+    progress = [
+        {"query_name": "silver", "batch_id": 2, "input_rows": 2000, "batch_duration_ms": 1000},
+        {"query_name": "silver", "batch_id": 0, "input_rows": 1000, "batch_duration_ms": 9000},
+        {"query_name": "silver", "batch_id": 1, "input_rows": 0, "batch_duration_ms": 50},
+        {"query_name": "silver", "batch_id": 3, "input_rows": 2000, "batch_duration_ms": 1000},
+        {"query_name": "bronze", "batch_id": 0, "input_rows": 5000, "batch_duration_ms": 1000},
+    ]
+    silver, bronze = stage_rate(progress, "silver"), stage_rate(progress, "bronze")
+    assert (silver.rows, silver.batches, silver.busy_s) == (5000, 3, 11.0)
+    assert silver.rate == 5000 / 11.0 and silver.steady_rate == 2000.0
+    assert bronze.rate == 5000.0 and bronze.steady_rate is None  # one batch: no steady rate
+    assert steady_ratio(bronze, silver) is None
+    assert steady_ratio(silver, silver) == 1.0

@@ -7,7 +7,8 @@ Plan of the streaming query (pure transforms, then one foreachBatch sink):
       -> flag_unnatural_timestamps     client clock vs broker clock
       -> flag_filtered_users           test accounts, internal users
       -> withWatermark(dedup_time) + dropDuplicatesWithinWatermark(dedup_key)
-      -> foreachBatch: event-time watermark -> `late`, split, enrich, write (exactly once)
+      -> foreachBatch: event-time watermark -> `late`, enrich, route (silver tables + ledger),
+         one collect, write (exactly once), quality counts from the rows' outcomes
 
 Why lateness is not left to Spark: stateful operators drop rows behind the watermark and only
 count them, and the contract says late events must be kept. So the dedup operator's watermark

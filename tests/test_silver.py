@@ -35,6 +35,7 @@ KIND_TO_REASON = {
     "unknown_schema_version": {"unknown_schema_version"},
     "unnatural_timestamp": {"unnatural_timestamp"},
     "late": {"late"},
+    "test_account": {"filtered"},
 }
 SILVER_ENV = {
     "LAKEHOUSE__KAFKA__MAX_RECORDS_PER_TRIGGER": "1500",  # many small bronze versions ...
@@ -47,6 +48,7 @@ SILVER_ENV = {
     "LAKEHOUSE__SIMULATOR__BAD_INPUT__UNNATURAL_TIMESTAMP": "0.005",
     "LAKEHOUSE__SIMULATOR__BAD_INPUT__LATE": "0.01",
     "LAKEHOUSE__SIMULATOR__BAD_INPUT__DUPLICATE": "0.01",
+    "LAKEHOUSE__SIMULATOR__BAD_INPUT__TEST_ACCOUNT": "0.005",
 }
 
 

@@ -22,14 +22,17 @@ MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 BIG_SHARES = BadInputShares(malformed_json=0.02, missing_field=0.02, wrong_type=0.02,
                             unknown_event_type=0.01, unknown_schema_version=0.01,
-                            unnatural_timestamp=0.01, late=0.02, duplicate=0.03)
+                            unnatural_timestamp=0.01, late=0.02, duplicate=0.03,
+                            test_account=0.01)
+TEST_ACCOUNTS = ["test-user-0001", "qa-bot"]
 
 
 @cache
 def run(classrooms: int, duration_s: float, seed: int, start_ms: int = START_MS,
         shares: BadInputShares = BIG_SHARES, help_share: float = 0.1
         ) -> tuple[list[SimEvent], dict[str, HelpTruth]]:
-    config = SimulatorConfig(help_share=help_share, bad_input=shares)
+    config = SimulatorConfig(help_share=help_share, bad_input=shares,
+                             test_accounts=TEST_ACCOUNTS)
     truths: dict[str, HelpTruth] = {}
     events = list(generate_events(config, classrooms, duration_s, seed, start_ms, truths))
     return events, truths
@@ -41,7 +44,7 @@ def parsed(ev: SimEvent) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ (a) determinism
 def test_same_seed_and_start_give_identical_bytes() -> None:
-    config = SimulatorConfig(bad_input=BIG_SHARES)
+    config = SimulatorConfig(bad_input=BIG_SHARES, test_accounts=TEST_ACCOUNTS)
     first = list(generate_events(config, 40, 40, seed=11, start_ms=START_MS))
     second = list(generate_events(config, 40, 40, seed=11, start_ms=START_MS))
     assert first == second
@@ -49,7 +52,7 @@ def test_same_seed_and_start_give_identical_bytes() -> None:
 
 
 def test_different_seed_or_start_gives_different_events() -> None:
-    config = SimulatorConfig(bad_input=BIG_SHARES)
+    config = SimulatorConfig(bad_input=BIG_SHARES, test_accounts=TEST_ACCOUNTS)
     base = [ev.value for ev in generate_events(config, 20, 20, seed=11, start_ms=START_MS)]
     other_seed = [ev.value for ev in generate_events(config, 20, 20, seed=12, start_ms=START_MS)]
     later = [ev.value for ev in generate_events(config, 20, 20, seed=11, start_ms=START_MS + 1)]
@@ -97,8 +100,11 @@ def test_good_events_conform_and_bad_ones_break_it_as_labelled() -> None:
         if ev.kind in expected:
             assert violations, ev
             assert violations[0].reason is expected[ev.kind], (ev, violations)
-        else:  # good, late, unnatural, duplicate: valid JSON, valid contract
+        else:  # good, late, unnatural, duplicate, test account: valid JSON, valid contract
             assert violations == [], (ev, violations)
+        if ev.kind != BadKind.MALFORMED_JSON:
+            from_test_account = parsed(ev).get("user_id") in TEST_ACCOUNTS
+            assert from_test_account == (ev.kind == BadKind.TEST_ACCOUNT), ev
     assert set(seen) == {GOOD, *BadKind}
     malformed = [ev.value for ev in events if ev.kind == BadKind.MALFORMED_JSON]
     assert any(not _is_utf8(value) for value in malformed)

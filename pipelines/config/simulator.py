@@ -21,6 +21,7 @@ class BadInputShares(_Model):
     unnatural_timestamp: float = Field(0.0, ge=0, le=1)
     late: float = Field(0.0, ge=0, le=1)
     duplicate: float = Field(0.0, ge=0, le=1)
+    test_account: float = Field(0.0, ge=0, le=1)  # sent as one of `simulator.test_accounts`
 
 
 # Corrective actions of the Help playbook (DESIGN.md "Automatic resolution"), as the simulated
@@ -91,3 +92,9 @@ class SimulatorConfig(_Model):
     # Share of participants whose client already sends av.quality schema v2 (with `codec`).
     av_v2_share: float = Field(0.3, ge=0, le=1)
     fault_model: FaultModelConfig = Field(default_factory=FaultModelConfig)
+
+    @model_validator(mode="after")
+    def _test_accounts_for_their_share(self) -> SimulatorConfig:
+        if self.bad_input.test_account > 0 and not self.test_accounts:
+            raise ValueError("simulator.bad_input.test_account > 0 needs simulator.test_accounts")
+        return self

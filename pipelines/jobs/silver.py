@@ -6,6 +6,7 @@ Plan of the streaming query (pure transforms, then one foreachBatch sink):
       -> parse_and_validate            contract: JSON parsed in the JVM, reason per record
       -> flag_unnatural_timestamps     client clock vs broker clock
       -> flag_filtered_users           test accounts, internal users
+      -> flag_unrouted_topics          topics without a silver table (`filtered`, not lost)
       -> withWatermark(dedup_time) + dropDuplicatesWithinWatermark(dedup_key)
       -> foreachBatch: event-time watermark -> `late`, enrich, route (silver tables + ledger),
          one collect, write (exactly once), quality counts from the rows' outcomes
@@ -71,6 +72,7 @@ from pipelines.transforms.silver import (
     flag_filtered_users,
     flag_late,
     flag_unnatural_timestamps,
+    flag_unrouted_topics,
     quality_counts,
     routed_rows,
     with_dedup_key,
@@ -98,6 +100,8 @@ def silver_input(settings: Settings) -> Callable[[DataFrame], DataFrame]:
                   .transform(flag_unnatural_timestamps(cfg.max_clock_ahead_s,
                                                        cfg.max_clock_behind_s))
                   .transform(flag_filtered_users(cfg.filtered_users))
+                  .transform(flag_unrouted_topics(
+                      [settings.kafka_topic(t) for t in SILVER_TABLES]))
                   .transform(with_dedup_key))
 
     return apply

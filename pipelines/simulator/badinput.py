@@ -1,4 +1,5 @@
-"""Bad-input injection: turn a seeded share of events into each kind of contract breach.
+"""Bad-input injection: turn a seeded share of events into each kind of bad input
+(contract breaches, clocks, duplicates, test-account traffic).
 
 Runs on the time-ordered stream with its own rng, so the choice of bad events depends only on
 the seed. Protected events (fault evidence, Help requests) are never touched: a corrupted Help
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -33,7 +35,11 @@ _dumps = orjson.dumps
 class BadInputInjector:
     """Corrupts a seeded share of each tick's events; keeps the previous tick for duplicates."""
 
-    def __init__(self, shares: BadInputShares, seed: int) -> None:
+    def __init__(self, shares: BadInputShares, seed: int,
+                 test_accounts: Sequence[str] = ()) -> None:
+        self.test_accounts = tuple(test_accounts)
+        if shares.test_account > 0 and not self.test_accounts:
+            raise ValueError("a test_account share needs test accounts to send as")
         self.rng = random.Random(f"{seed}:bad")
         cum, table = 0.0, []
         for kind in BadKind:
@@ -153,6 +159,8 @@ class BadInputInjector:
                 event["event_time"] += 2 * HOUR_MS + rng.randrange(46 * HOUR_MS)
             else:  # or days behind
                 event["event_time"] -= 2 * DAY_MS + rng.randrange(28 * DAY_MS)
+        elif kind is BadKind.TEST_ACCOUNT:  # contract-valid; silver filters it by user
+            event["user_id"] = rng.choice(self.test_accounts)
         elif kind is BadKind.LATE:  # well behind its neighbours, yet a plausible clock
             # 2-3 minutes: past silver's lateness (90 s), within its clock tolerance (240 s).
             event["event_time"] -= 2 * MINUTE_MS + rng.randrange(MINUTE_MS)

@@ -66,7 +66,8 @@ class EventGenerator:
         self.by_key = {lesson.key: lesson for lesson in self.lessons}
         self.oneoffs = sorted((ev for lesson in self.lessons for ev in lesson.oneoffs),
                               key=_sim_ms)
-        self.injector = BadInputInjector(config.bad_input, seed)
+        self.injector = BadInputInjector(config.bad_input, seed,
+                                         config.test_accounts)
         self.horizon = 0  # simulated ms: every event before it has been generated
 
     def lesson(self, classroom_id: str) -> Lesson | None:

@@ -51,6 +51,7 @@ class BadKind(StrEnum):
     UNNATURAL_TIMESTAMP = "unnatural_timestamp"
     LATE = "late"
     DUPLICATE = "duplicate"
+    TEST_ACCOUNT = "test_account"  # a well-formed event sent by a test account -> `filtered`
 
 
 GOOD = "good"

@@ -2,7 +2,8 @@
 
 All pure `DataFrame -> DataFrame` functions parametrised by closures. A record is rejected by
 the first check that fires; the order is the contract checks (validate.py), then
-`unnatural_timestamp`, then `filtered`, then (per micro-batch) `late`.
+`unnatural_timestamp`, then `filtered` (test accounts, then topics without a silver table),
+then (per micro-batch) `late`.
 """
 
 from __future__ import annotations
@@ -68,6 +69,18 @@ def flag_filtered_users(test_accounts: Sequence[str]) -> Transform:
     return apply
 
 
+def flag_unrouted_topics(topics: Sequence[str]) -> Transform:
+    """A record from a topic that has no silver table (bronze may ingest more topics than the
+    five streams) is `filtered`: the ledger keeps it, where an accepted row would go nowhere."""
+    known = list(topics)
+
+    def apply(df: DataFrame) -> DataFrame:
+        return df.transform(_reject_when(~F.col("topic").isin(known), "filtered",
+                                         "topic:no_silver_table"))
+
+    return apply
+
+
 def with_dedup_key(df: DataFrame) -> DataFrame:
     """Key and clock for the dedup operator.
 
@@ -125,13 +138,13 @@ def routed_rows(tables: Mapping[str, str], payload_fields: Sequence[str],
                 batch_id: int) -> Transform:
     """Every row of a micro-batch in one frame, with the table it goes to in `ROUTE_COLUMN`.
 
-    An accepted row goes to its stream's silver table (topic -> table in `tables`; null for a
-    topic without one): payload flattened to typed columns (the union of the streams'
-    fields) and `event_date`. A rejected row goes to `REJECTS_TABLE` with what the ledger
-    keeps (`REJECT_COLUMNS`): the raw record, coordinates, reason, rule, watermark, batch id,
-    `rejected_at` and `reject_date`. One frame, so a micro-batch is computed by one Spark job
-    (no cache, no second pass over the stateful plan) and split by the writer; the raw record
-    is carried on rejected rows only.
+    An accepted row goes to its stream's silver table (topic -> table in `tables`; every
+    topic has one after `flag_unrouted_topics`): payload flattened to typed columns (the
+    union of the streams' fields) and `event_date`. A rejected row goes to `REJECTS_TABLE`
+    with what the ledger keeps (`REJECT_COLUMNS`): the raw record, coordinates, reason, rule,
+    watermark, batch id, `rejected_at` and `reject_date`. One frame, so a micro-batch is
+    computed by one Spark job (no cache, no second pass over the stateful plan) and split by
+    the writer; the raw record is carried on rejected rows only.
     """
 
     def apply(df: DataFrame) -> DataFrame:

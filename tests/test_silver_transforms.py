@@ -1,0 +1,94 @@
+"""Silver's record-level transforms on small inline frames: filters, lateness and routing.
+
+The end-to-end runs (test_silver.py) show every simulated kind lands with its reason; these
+pin each transform's own rule, including inputs the simulator does not make (a topic bronze
+ingests without a silver table).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
+
+from pipelines.transforms.silver import (
+    REJECTS_TABLE,
+    ROUTE_COLUMN,
+    flag_filtered_users,
+    flag_late,
+    flag_unrouted_topics,
+    routed_rows,
+)
+
+T0 = dt.datetime(2026, 11, 26, 12, 0, 0)
+SCHEMA = ("topic string, offset long, user_id string, event_time timestamp,"
+          " kafka_timestamp timestamp, key binary, value string, value_raw binary,"
+          " payload struct<rtt_ms: bigint, page: bigint>,"
+          " reject_reason string, reject_rule string")
+
+
+def rows(spark: SparkSession, *records: tuple) -> DataFrame:
+    """(topic, offset, user_id, seconds after T0, reject_reason) -> a validated-batch frame."""
+    data = [(topic, offset, user, T0 + dt.timedelta(seconds=s), T0, b"k", "{}", b"{}",
+             {"rtt_ms": offset, "page": None}, reason, reason and "some:rule")
+            for topic, offset, user, s, reason in records]
+    return spark.createDataFrame(data, SCHEMA)
+
+
+def verdicts(df: DataFrame) -> DataFrame:
+    return df.select("offset", "reject_reason", "reject_rule").orderBy("offset")
+
+
+def test_test_accounts_are_filtered_and_earlier_rejects_keep_their_reason(spark) -> None:
+    batch = rows(spark, ("classroom.av", 0, "u-1", 0, None),
+                 ("classroom.av", 1, "qa-bot", 0, None),
+                 ("classroom.av", 2, "qa-bot", 0, "bad_type"))
+    out = batch.transform(flag_filtered_users(["qa-bot", "test-user-0001"]))
+    expected = spark.createDataFrame(
+        [(0, None, None), (1, "filtered", "user_id:test_account"), (2, "bad_type", "some:rule")],
+        "offset long, reject_reason string, reject_rule string")
+    assert_df_equality(verdicts(out), expected, ignore_nullable=True)
+
+
+def test_a_topic_without_a_silver_table_goes_to_the_ledger(spark) -> None:
+    batch = rows(spark, ("classroom.av", 0, "u-1", 0, None),
+                 ("classroom.chat", 1, "u-1", 0, None),
+                 ("classroom.chat", 2, "u-1", 0, "malformed_json"))
+    out = batch.transform(flag_unrouted_topics(["classroom.av", "classroom.help"]))
+    expected = spark.createDataFrame(
+        [(0, None, None), (1, "filtered", "topic:no_silver_table"),
+         (2, "malformed_json", "some:rule")],
+        "offset long, reject_reason string, reject_rule string")
+    assert_df_equality(verdicts(out), expected, ignore_nullable=True)
+
+
+@pytest.mark.parametrize("watermark_s, late_offsets", [(None, []), (-1, []), (5, [0, 1])])
+def test_rows_behind_the_watermark_are_late(spark, watermark_s, late_offsets) -> None:
+    batch = rows(spark, ("classroom.av", 0, "u-1", 0, None), ("classroom.av", 1, "u-1", 4, None),
+                 ("classroom.av", 2, "u-1", 5, None), ("classroom.av", 3, "u-1", 0, "bad_type"))
+    watermark_ms = (None if watermark_s is None
+                    else int((T0.replace(tzinfo=dt.UTC).timestamp() + watermark_s) * 1000))
+    out = batch.transform(flag_late(watermark_ms)).collect()
+    assert sorted(r.offset for r in out if r.reject_reason == "late") == late_offsets
+    assert next(r for r in out if r.offset == 3).reject_reason == "bad_type"
+    stamped = {r.watermark for r in out}
+    assert len(stamped) == 1 and (stamped.pop() is None) == (watermark_s is None)
+
+
+def test_routing_sends_accepted_rows_to_their_table_and_rejects_to_the_ledger(spark) -> None:
+    batch = rows(spark, ("classroom.av", 0, "u-1", 0, None),
+                 ("classroom.help", 1, "u-1", 0, None),
+                 ("classroom.av", 2, "u-1", 0, "bad_type"))
+    tables = {"classroom.av": "silver.av_quality", "classroom.help": "silver.help_requests"}
+    out = {r.offset: r for r in
+           batch.transform(routed_rows(tables, ["rtt_ms", "page"], batch_id=7)).collect()}
+    assert [out[i][ROUTE_COLUMN] for i in range(3)] == [
+        "silver.av_quality", "silver.help_requests", REJECTS_TABLE]
+    assert out[0].rtt_ms == 0 and out[1].rtt_ms == 1 and out[0].page is None
+    # The raw record is carried on rejected rows only; every row knows its batch.
+    assert [(out[i].key, out[i].value) for i in range(3)] == [
+        (None, None), (None, None), (bytearray(b"k"), "{}")]
+    assert {r.batch_id for r in out.values()} == {7}
+    assert out[2].reject_date == T0.date() and out[0].event_date == T0.date()

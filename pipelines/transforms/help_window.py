@@ -55,13 +55,24 @@ _TYPES = dict((*REQUEST_FIELDS, *EVIDENCE_FIELDS, ("user_id", "string"), ("role"
 _CAST = {"long": int, "double": float, "string": str}
 
 
+def _plain(values: list[Any], cast: Any) -> list[Any]:
+    """None for missing (None, or NaN where Arrow gave pandas a float column), else `cast(v)`."""
+    if cast is None:
+        return [None if v is None or v != v else v for v in values]
+    return [None if v is None or v != v else cast(v) for v in values]
+
+
 def _records(pdf: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as dicts of plain Python values of the declared types (None for missing): what the
-    state API stores. (Arrow hands a long column with nulls to pandas as float64.)"""
-    clean = pdf.astype(object).where(pdf.notna(), None)
-    casts = {c: _CAST[_TYPES[c]] for c in clean.columns if c in _TYPES}
-    return [{k: (v if v is None or k not in casts else casts[k](v)) for k, v in row.items()}
-            for row in clean.to_dict("records")]
+    state API stores. (Arrow hands a long column with nulls to pandas as float64.)
+
+    Column by column through `tolist`: a micro-batch calls this once per classroom on a few
+    rows, where pandas' own per-frame work (`astype`, `where`, `loc`, `to_dict`) cost more
+    than the rows (docs/BENCHMARKS.md, the help stage's profile).
+    """
+    names = list(pdf.columns)
+    values = [_plain(pdf[c].tolist(), _CAST.get(_TYPES.get(c, ""))) for c in names]
+    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
 
 
 class HelpWindowProcessor(StatefulProcessor):
@@ -87,13 +98,13 @@ class HelpWindowProcessor(StatefulProcessor):
                         timerValues: Any) -> Iterator[pd.DataFrame]:
         out: list[dict[str, Any]] = []
         for pdf in rows:
-            is_request = pdf["signal"] == REQUEST
-            evidence = _records(pdf.loc[~is_request, list(EVIDENCE_COLUMNS)])
+            records = _records(pdf)
+            evidence = [r for r in records if r["signal"] != REQUEST]
+            requests = [r for r in records if r["signal"] == REQUEST]
             if evidence:
                 self.evidence.appendList([tuple(r[c] for c in EVIDENCE_COLUMNS)
                                           for r in evidence])
                 self._schedule_cleanup(min(r["kafka_time_ms"] for r in evidence))
-            requests = _records(pdf.loc[is_request])
             buffered = self._buffered() if self.early and requests else []
             for row in requests:
                 request = {name: row[src] for name, src in _REQUEST_SOURCE.items()}

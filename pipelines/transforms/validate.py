@@ -128,6 +128,9 @@ def _wrapped(value: Column) -> Column:
     return F.concat(F.lit('{"k":'), value, F.lit("}"))
 
 
+_BRACKETED = "'[' || value || ']'"  # the record as a JSON array of what it holds
+
+
 def _parse(df: DataFrame) -> DataFrame:
     """Read each record twice: into variants (JSON types) and, as `[value]`, against the
     contract's typed schema (values, and how many JSON values the record holds); a third time
@@ -135,13 +138,12 @@ def _parse(df: DataFrame) -> DataFrame:
     value = F.col("value")
     fast = F.from_json(_wrapped(value), _PROBE, STRICT_JSON)
     slow = F.from_json(_wrapped(value), _PROBE_SLOW, STRICT_JSON)
-    typed = F.from_json(F.concat(F.lit("["), value, F.lit("]")),
-                        ArrayType(envelope_spark_schema()))
+    typed = F.from_json(F.expr(_BRACKETED), ArrayType(envelope_spark_schema()))
     parsed = df.select("*", fast.alias("_probe"), typed.alias("_typed_items"))
     # The typed read doubles as the `[value]` element count; `json_array_length` (a third full
     # parse) only where it did not parse (malformed or not an object: a few records).
     items = F.expr("CASE WHEN _typed_items IS NOT NULL THEN size(_typed_items)"
-                   " ELSE json_array_length('[' || value || ']') END")
+                   f" ELSE json_array_length({_BRACKETED}) END")
     return parsed.select(
         *df.columns, "_probe", F.expr("get(_typed_items, 0)").alias("_typed"),
         items.alias("_items"),

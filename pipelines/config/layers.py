@@ -74,7 +74,6 @@ class SilverConfig(_Model):
         return self
     filtered_users: list[str] = Field(default_factory=list)  # test accounts, internal users
     max_versions_per_trigger: int = Field(10, ge=1)  # bronze commits per silver micro-batch
-    validate_partitions: int | None = Field(None, ge=1)  # EXPERIMENT
 
 
 class GoldConfig(_Model):

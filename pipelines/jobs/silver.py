@@ -204,8 +204,6 @@ def start_silver(spark: SparkSession, settings: Settings, *, once: bool) -> Runn
             from deltalake import DeltaTable
 
             target = {"table": bronze_path, "version": DeltaTable(bronze_path).version()}
-    if cfg.validate_partitions:
-        source = source.repartition(cfg.validate_partitions)
     deduped = (source.transform(silver_input(settings))
                .withWatermark("dedup_time", f"{int(cfg.dedup_window_s)} seconds")
                .dropDuplicatesWithinWatermark(["dedup_key"]))

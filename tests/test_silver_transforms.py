@@ -37,31 +37,33 @@ def rows(spark: SparkSession, *records: tuple) -> DataFrame:
     return spark.createDataFrame(data, SCHEMA)
 
 
-def verdicts(df: DataFrame) -> DataFrame:
-    return df.select("offset", "reject_reason", "reject_rule").orderBy("offset")
+def assert_verdicts(df: DataFrame, *expected: tuple) -> None:
+    """(offset, reject_reason, reject_rule) of every row, in offset order."""
+    want = df.sparkSession.createDataFrame(
+        list(expected), "offset long, reject_reason string, reject_rule string")
+    got = df.select("offset", "reject_reason", "reject_rule").orderBy("offset")
+    assert_df_equality(got, want, ignore_nullable=True)
 
 
-def test_test_accounts_are_filtered_and_earlier_rejects_keep_their_reason(spark) -> None:
-    batch = rows(spark, ("classroom.av", 0, "u-1", 0, None),
-                 ("classroom.av", 1, "qa-bot", 0, None),
-                 ("classroom.av", 2, "qa-bot", 0, "bad_type"))
-    out = batch.transform(flag_filtered_users(["qa-bot", "test-user-0001"]))
-    expected = spark.createDataFrame(
+@pytest.mark.parametrize("transform, records, expected", [
+    pytest.param(  # test accounts are filtered; an earlier reject keeps its reason
+        flag_filtered_users(["qa-bot", "test-user-0001"]),
+        [("classroom.av", 0, "u-1"), ("classroom.av", 1, "qa-bot"),
+         ("classroom.av", 2, "qa-bot", "bad_type")],
         [(0, None, None), (1, "filtered", "user_id:test_account"), (2, "bad_type", "some:rule")],
-        "offset long, reject_reason string, reject_rule string")
-    assert_df_equality(verdicts(out), expected, ignore_nullable=True)
-
-
-def test_a_topic_without_a_silver_table_goes_to_the_ledger(spark) -> None:
-    batch = rows(spark, ("classroom.av", 0, "u-1", 0, None),
-                 ("classroom.chat", 1, "u-1", 0, None),
-                 ("classroom.chat", 2, "u-1", 0, "malformed_json"))
-    out = batch.transform(flag_unrouted_topics(["classroom.av", "classroom.help"]))
-    expected = spark.createDataFrame(
+        id="test-account"),
+    pytest.param(  # a topic without a silver table goes to the ledger, not nowhere
+        flag_unrouted_topics(["classroom.av", "classroom.help"]),
+        [("classroom.av", 0, "u-1"), ("classroom.chat", 1, "u-1"),
+         ("classroom.chat", 2, "u-1", "malformed_json")],
         [(0, None, None), (1, "filtered", "topic:no_silver_table"),
          (2, "malformed_json", "some:rule")],
-        "offset long, reject_reason string, reject_rule string")
-    assert_df_equality(verdicts(out), expected, ignore_nullable=True)
+        id="unrouted-topic"),
+])
+def test_filters_set_reason_and_rule(spark, transform, records, expected) -> None:
+    batch = rows(spark, *[(topic, offset, user, 0, reason[0] if reason else None)
+                          for topic, offset, user, *reason in records])
+    assert_verdicts(batch.transform(transform), *expected)
 
 
 @pytest.mark.parametrize("watermark_s, late_offsets", [(None, []), (-1, []), (5, [0, 1])])

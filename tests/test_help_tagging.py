@@ -21,6 +21,7 @@ from pipelines.transforms.help import (
     tag_requests,
     window_pairs,
 )
+from pipelines.transforms.silver import flag_filtered_users
 from schemas.contract import envelope_spark_schema
 
 RULES = HelpRulesConfig()
@@ -191,12 +192,15 @@ def test_join_variant_pairs_the_same_window(spark) -> None:
 def validated(spark: SparkSession, rows: list[dict]) -> DataFrame:
     """Frames shaped like parse_and_validate's output (the columns help_signals reads)."""
     envelope = envelope_spark_schema()
-    schema = ("reject_reason string, kafka_timestamp timestamp, event_time_ms long, "
-              "event_id string, event_type string, classroom_id string, lesson_id string, "
-              f"user_id string, role string, payload {envelope['payload'].dataType.simpleString()}")
+    schema = ("reject_reason string, reject_rule string, kafka_timestamp timestamp, "
+              "event_time_ms long, event_id string, event_type string, classroom_id string, "
+              "lesson_id string, user_id string, role string, "
+              f"payload {envelope['payload'].dataType.simpleString()}")
     ts = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-    full = [{"reject_reason": None, "kafka_timestamp": ts, "event_time_ms": T0, "lesson_id": "l1",
-             "classroom_id": "c1", "user_id": "u1", "role": "teacher", **r} for r in rows]
+    base = {"reject_reason": None, "reject_rule": None, "kafka_timestamp": ts,
+            "event_time_ms": T0, "lesson_id": "l1", "classroom_id": "c1", "user_id": "u1",
+            "role": "teacher"}
+    full = [{**base, **r} for r in rows]
     return spark.createDataFrame(full, schema)
 
 
@@ -228,6 +232,22 @@ def test_signals_keep_requests_and_fired_evidence_only(spark) -> None:
         ("fail", "enter_fail", None, "E_JOIN_TIMEOUT"), ("req", "request", "h9", None),
     ], "event_id string, signal string, help_id string, detail string")
     assert_df_equality(out, expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_test_accounts_give_no_signal_and_no_request(spark) -> None:
+    """The help job flags test accounts as silver does (`flag_filtered_users`), so neither
+    their fired evidence nor their Help presses reach the window."""
+    lossy = {"direction": "up", "media": "audio", "packet_loss_pct": 50.0, "rtt_ms": 80,
+             "freeze_count": 0, "mic_muted": False}
+    rows = [{"event_type": "av.quality", "event_id": "real", "payload": lossy},
+            {"event_type": "av.quality", "event_id": "qa", "user_id": "qa-bot", "payload": lossy},
+            {"event_type": "help.request", "event_id": "qa-req", "user_id": "qa-bot",
+             "payload": {"help_id": "h-qa", "category": "other"}}]
+    out = (validated(spark, rows).transform(flag_filtered_users(["qa-bot"]))
+           .transform(help_signals(RULES)).select("event_id", "signal"))
+    expected = spark.createDataFrame([("real", "bad_network_sample")],
+                                     "event_id string, signal string")
+    assert_df_equality(out, expected, ignore_nullable=True)
 
 
 def test_candidates_keep_every_record_that_yields_a_signal(spark) -> None:

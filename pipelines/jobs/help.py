@@ -52,6 +52,7 @@ from pipelines.transforms.help import (
     join_requests_with_evidence,
 )
 from pipelines.transforms.help_window import buffer_requests_with_evidence
+from pipelines.transforms.silver import flag_filtered_users
 from pipelines.transforms.validate import parse_and_validate
 
 PERCENTILES = (0.5, 0.95, 0.99)
@@ -69,12 +70,15 @@ def help_stream(spark: SparkSession, settings: Settings, checkpoint: str) -> Dat
     # contract check runs only on records that could matter (help_candidates). No Filter
     # between parse_and_validate and the explode in help_signals: Spark would push it below
     # the parse and evaluate the whole contract check twice, in one oversized expression.
+    # Test accounts are flagged as silver flags them (a column, not a Filter): their records
+    # are neither evidence nor Help requests.
     delay = f"{int(cfg.watermark_delay_s * 1000)} milliseconds"
     signals = (read_kafka_stream(spark, settings, topics, checkpoint=checkpoint)
                .transform(kafka_to_bronze)
                .withWatermark("kafka_timestamp", delay)
                .transform(help_candidates(cfg.rules))
                .transform(parse_and_validate)
+               .transform(flag_filtered_users(settings.silver.filtered_users))
                .transform(help_signals(cfg.rules)))
     if cfg.engine is HelpEngine.JOIN:
         return (signals.transform(join_requests_with_evidence(cfg))

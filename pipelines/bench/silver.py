@@ -69,8 +69,9 @@ def stage_rate(progress: list[dict], name: str) -> StageRate:
                      first["input_rows"], first["batch_duration_ms"] / 1000)
 
 
-def _steady(stage: StageRate) -> str:
-    return "-" if stage.steady_rate is None else f"{stage.steady_rate:,.0f}"
+def _or_dash(value: float | None, spec: str) -> str:
+    """`value` formatted, or "-" where there is none (a single batch has no steady rate)."""
+    return "-" if value is None else format(value, spec)
 
 
 def steady_ratio(bronze: StageRate, silver: StageRate) -> float | None:
@@ -110,11 +111,12 @@ def run_silver_bench(base: Settings, *, classrooms: int, duration_s: float,
         table.add_column(column, justify="left" if column == "stage" else "right")
     for stage in (bronze, silver):
         table.add_row(stage.name, f"{stage.rows:,}", str(stage.batches), f"{stage.busy_s:.1f}",
-                      f"{stage.rate:,.0f}", _steady(stage))
+                      f"{stage.rate:,.0f}", _or_dash(stage.steady_rate, ",.0f"))
     console.print(table)
     ratio = silver.rate / bronze.rate if bronze.rate else 0.0
+    steady = _or_dash(steady_ratio(bronze, silver), ".2f")
     console.print(f"silver / bronze rate: {ratio:.2f} (goal >= 0.5); after each stage's first "
-                  f"batch: {_ratio(bronze, silver)}")
+                  f"batch: {steady}")
     console.print(f"dedup state rows per silver batch: {_state_summary(state)}")
     if output is not None:
         _append_markdown(output, summary.total, classrooms, duration_s, bronze, silver, ratio,
@@ -157,14 +159,10 @@ def _env_prefix() -> str:
     return "".join(f"{k}={v} " for k, v in overrides)
 
 
-def _ratio(bronze: StageRate, silver: StageRate) -> str:
-    steady = steady_ratio(bronze, silver)
-    return "-" if steady is None else f"{steady:.2f}"
-
-
 def _append_markdown(output: Path, events: int, classrooms: int, duration_s: float,
                      bronze: StageRate, silver: StageRate, ratio: float, state: list[int]) -> None:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    steady = _or_dash(steady_ratio(bronze, silver), ".2f")
     lines = [
         "", f"## bench silver — {when}", "",
         f"Command: `{_env_prefix()}lakehouse bench silver --classrooms {classrooms} "
@@ -173,9 +171,9 @@ def _append_markdown(output: Path, events: int, classrooms: int, duration_s: flo
         "| stage | rows | micro-batches | busy s | rows/s | rows/s after batch 1 |",
         "|---|---:|---:|---:|---:|---:|",
         *(f"| {s.name} | {s.rows:,} | {s.batches} | {s.busy_s:.1f} | {s.rate:,.0f} "
-          f"| {_steady(s)} |" for s in (bronze, silver)),
+          f"| {_or_dash(s.steady_rate, ',.0f')} |" for s in (bronze, silver)),
         "", f"Silver / bronze rate in the same run: **{ratio:.2f}** (goal: 0.5 or more); "
-            f"after each stage's first batch (the JVM's warm-up): {_ratio(bronze, silver)}.", "",
+            f"after each stage's first batch (the JVM's warm-up): {steady}.", "",
         f"Dedup state rows per silver batch: {_state_summary(state)}.", "",
     ]
     output.parent.mkdir(parents=True, exist_ok=True)

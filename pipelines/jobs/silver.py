@@ -91,6 +91,11 @@ def topic_payload_fields(topic: str) -> list[str]:
     return [spec.name for spec in payload_fields(EVENT_TYPES_OF_TOPIC[topic])]
 
 
+def silver_topic_tables(settings: Settings) -> dict[str, str]:
+    """Kafka topic (with the configured prefix) -> the silver table its accepted rows go to."""
+    return {settings.kafka_topic(t): table for t, table in SILVER_TABLES.items()}
+
+
 def silver_input(settings: Settings) -> Callable[[DataFrame], DataFrame]:
     """Contract checks and record-level filters, before dedup (pure)."""
     cfg = settings.silver
@@ -100,8 +105,7 @@ def silver_input(settings: Settings) -> Callable[[DataFrame], DataFrame]:
                   .transform(flag_unnatural_timestamps(cfg.max_clock_ahead_s,
                                                        cfg.max_clock_behind_s))
                   .transform(flag_filtered_users(cfg.filtered_users))
-                  .transform(flag_unrouted_topics(
-                      [settings.kafka_topic(t) for t in SILVER_TABLES]))
+                  .transform(flag_unrouted_topics(list(silver_topic_tables(settings))))
                   .transform(with_dedup_key))
 
     return apply
@@ -118,7 +122,7 @@ class SilverBatchWriter:
         self.app_id: str | None = None
         self.max_event_ms: dict[int, int] = {}  # batch id -> newest accepted event time
         self.enrich = lesson_enricher(settings)  # Delta dims (re-read) or PostgreSQL lookup
-        self.topic_tables = {settings.kafka_topic(t): table for t, table in SILVER_TABLES.items()}
+        self.topic_tables = silver_topic_tables(settings)
         extra = [*(c for c in LESSON_ATTRIBUTES if c not in ENVELOPE_COLUMNS), "lesson_known"]
         self.tables = [*(RoutedTable(table, settings.table_path(table),
                                      tuple(accepted_columns(topic_payload_fields(topic), extra)),
@@ -186,7 +190,7 @@ def start_silver(spark: SparkSession, settings: Settings, *, once: bool) -> Runn
     cfg = settings.silver
     target = None
     if cfg.source is SilverSource.KAFKA:
-        topics = [settings.kafka_topic(t) for t in SILVER_TABLES]
+        topics = list(silver_topic_tables(settings))
         source = read_kafka_stream(spark, settings, topics, checkpoint=checkpoint)
         source = source.transform(kafka_to_bronze)
         if once:

@@ -170,6 +170,27 @@ def test_not_entered_confirms_by_an_enter_success_only() -> None:
     assert run(case, ev, T0 + 13_000) == [RESOLVED_AUTO]
 
 
+def test_an_enter_before_the_action_took_effect_resolves_self() -> None:
+    """An early tag reaches the resolver before the window closed: the role may get in on its
+    own after the request, before the action could act. That is RESOLVED_SELF, not a
+    case left waiting for a second enter_success (and then ESCALATED)."""
+    ev = Evidence()
+    ev.see("enter_fail", "teacher", T0 - 2000)
+    case, _ = open_case(tag("TEACHER_NOT_ENTERED"), T0 + 1500, CFG)
+    assert run(case, ev, T0 + 1500) == [VALIDATE, ACT, CONFIRM]
+    ev.see("enter_success", "teacher", T0 + 2000)  # before action + grace (T0 + 2500)
+    rows = advance(case, ev, T0 + 3000, CFG)
+    assert [r["state"] for r in rows] == [RESOLVED_SELF]
+    assert "before the first action" in rows[0]["detail"]
+    # At or after action + grace, the same proof is the action's doing.
+    later = Evidence()
+    later.see("enter_fail", "teacher", T0 - 2000)
+    case, _ = open_case(tag("TEACHER_NOT_ENTERED"), T0 + 1500, CFG)
+    assert run(case, later, T0 + 1500) == [VALIDATE, ACT, CONFIRM]
+    later.see("enter_success", "teacher", T0 + 2500)
+    assert run(case, later, T0 + 3000) == [RESOLVED_AUTO]
+
+
 def test_diagnostics_retag_restarts_the_playbook_and_no_issue_escalates() -> None:
     ev = Evidence()
     case, _ = open_case(tag(NO_ISSUE_TAG, role="student"), T0 + 7000, CFG)

@@ -45,6 +45,7 @@ from pipelines.jobs.runner import (
 from pipelines.spark import build_spark
 from pipelines.transforms.bronze import kafka_to_bronze
 from pipelines.transforms.help import (
+    EARLY,
     HELP_TOPICS,
     aggregate_evidence,
     help_candidates,
@@ -189,6 +190,14 @@ def help_latency(spark: SparkSession, settings: Settings, *, since: datetime | N
     for kind in ("event", "broker"):
         for p, value in zip(pct, row[kind] or [None] * len(pct), strict=True):
             out[f"{kind}_p{int(p * 100)}_ms"] = float("nan") if value is None else float(value)
+    # Split by how the tag was decided: early tags wait for batches only, window-closed ones
+    # also for window_after_s and the watermark delay (their floor).
+    for split in tags.groupBy(F.col(EARLY)).agg(
+            F.count("*").alias("n"), F.percentile("latency_ms", pct).alias("event")).collect():
+        kind = "early" if split[EARLY] else "closed"
+        out[f"{kind}_tags"] = float(split["n"])
+        for p, value in zip(pct, split["event"], strict=True):
+            out[f"{kind}_p{int(p * 100)}_ms"] = float(value)
     return out
 
 

@@ -11,6 +11,9 @@ its state store and calls `open_case` / `advance`; the tests call them directly.
                ^                                      |
                +------(confirm timeout, retry left)---+--(no retry left, total timeout)--> ESCALATED
 
+A proof playbook (enter_success, page_rendered) whose proof lands between the request and its
+first action's effect ends RESOLVED_SELF from CONFIRM too (`proven_before_acting`).
+
 NO_ISSUE_DETECTED's action asks the client for diagnostics; its reply (`help.diagnostics`) with
 a tag re-tags the case and restarts VALIDATE with that tag's playbook; NO_ISSUE_DETECTED again
 escalates.
@@ -106,6 +109,24 @@ def healthy_since(ev: Evidence, book: PlaybookConfig, role: str | None, start_ms
     begin = start_ms if last_bad is None else max(start_ms, last_bad + 1)
     alive = ev.alive_at(role)
     return alive is not None and alive - begin >= span_ms
+
+
+def proven_before_acting(ev: Evidence, book: PlaybookConfig, role: str | None,
+                         case: dict[str, Any], grace_ms: int) -> bool:
+    """A proof playbook's proof (enter_success, a rendered page) came after the request but
+    before this playbook's first action could take effect: the problem went away on its own.
+
+    Why: an early tag (help.early_tags) reaches the resolver before the request's window has
+    closed, so VALIDATE may act before the evidence of a role that got in by itself arrives;
+    no later proof will come, and without this the case would end ESCALATED.
+    """
+    if not (book.self_resolve and book.confirm in _PROOF) or not case["book_attempts"]:
+        return False
+    first_action_ms = case["tried"][-case["book_attempts"]]["issued_at_ms"]
+    proof = ev.last([_PROOF[book.confirm]], role)
+    failed = ev.last(book.signals, role)
+    return (proof is not None and case["request_broker_ms"] <= proof < first_action_ms + grace_ms
+            and (failed is None or proof > failed))
 
 
 def recovering(ev: Evidence, book: PlaybookConfig, role: str | None, start_ms: int) -> bool:
@@ -240,6 +261,10 @@ def advance(case: dict[str, Any], ev: Evidence, now_ms: int, cfg: ResolverConfig
             elif healthy_since(ev, book, role, case["action_ms"] + grace_ms, span_ms):
                 rows.append(_row(case, RESOLVED_AUTO, now_ms,
                                  f"healthy after {case['action_id']}"))
+                continue
+            elif proven_before_acting(ev, book, role, case, grace_ms):
+                rows.append(_row(case, RESOLVED_SELF, now_ms,
+                                 "problem gone before the first action could take effect"))
                 continue
             if case["due_ms"] is None or now_ms < case["due_ms"]:
                 break

@@ -75,17 +75,39 @@ def _records(pdf: pd.DataFrame) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
 
 
+def prune_plan(kafka_ms: list[int], watermark_ms: int, retain_ms: int, every_ms: int
+               ) -> tuple[list[bool], int | None]:
+    """Which buffered evidence rows to keep (broker time at most `retain_ms` behind the
+    watermark) and when to prune next (None: nothing left): when the oldest kept row falls
+    out, but no sooner than `every_ms` from now.
+
+    Why the floor: a classroom with a steady trickle of signals always has a row just inside
+    the horizon, so pruning when it falls out meant reading and rewriting the whole buffer
+    in nearly every micro-batch (a fifth of the window stage's Python time at 2,000 lessons,
+    docs/BENCHMARKS.md). Rows kept a little longer are harmless: each request still takes
+    only the evidence inside its own window.
+    """
+    horizon = watermark_ms - retain_ms
+    keep = [t >= horizon for t in kafka_ms]
+    kept = [t for t, k in zip(kafka_ms, keep, strict=True) if k]
+    if not kept:
+        return keep, None
+    return keep, max(min(kept) + retain_ms, watermark_ms + every_ms)
+
+
 class HelpWindowProcessor(StatefulProcessor):
     """Per classroom: evidence signals (list), open requests (map help_id -> request), timers.
 
     Evidence is pruned on a cleanup timer once it is older (broker time) than any open or
-    future request can look back to: before + after + slack behind the watermark.
+    future request can look back to: before + after + slack behind the watermark, at most
+    once per slack of broker time (`prune_plan`).
     """
 
     def __init__(self, before_ms: int, after_ms: int, slack_ms: int, *, early: bool) -> None:
         self.before_ms = before_ms
         self.after_ms = after_ms
         self.retain_ms = before_ms + after_ms + slack_ms
+        self.prune_every_ms = slack_ms
         self.early = early  # also cut each request's pairs when it arrives (early_tags)
 
     def init(self, handle: StatefulProcessorHandle) -> None:
@@ -104,7 +126,9 @@ class HelpWindowProcessor(StatefulProcessor):
             if evidence:
                 self.evidence.appendList([tuple(r[c] for c in EVIDENCE_COLUMNS)
                                           for r in evidence])
-                self._schedule_cleanup(min(r["kafka_time_ms"] for r in evidence))
+                if not self.cleanup_at.exists():
+                    self._schedule_cleanup(min(r["kafka_time_ms"] for r in evidence)
+                                           + self.retain_ms)
             buffered = self._buffered() if self.early and requests else []
             for row in requests:
                 request = {name: row[src] for name, src in _REQUEST_SOURCE.items()}
@@ -139,21 +163,21 @@ class HelpWindowProcessor(StatefulProcessor):
         if out:
             yield pd.DataFrame(out, columns=list(_PAIR_COLUMNS), dtype=object)
 
-    def _schedule_cleanup(self, oldest_kafka_ms: int) -> None:
-        if not self.cleanup_at.exists():
-            at = int(oldest_kafka_ms) + self.retain_ms
-            self.cleanup_at.update((at,))
-            self.handle.registerTimer(at)
+    def _schedule_cleanup(self, at_ms: int) -> None:
+        self.cleanup_at.update((int(at_ms),))
+        self.handle.registerTimer(int(at_ms))
 
     def _prune(self, watermark_ms: int) -> None:
-        horizon = watermark_ms - self.retain_ms
-        kept = [t for t in self.evidence.get() if t[4] >= horizon]  # t[4]: kafka_time_ms
-        self.cleanup_at.clear()
-        if kept:
-            self.evidence.put(kept)
-            self._schedule_cleanup(min(t[4] for t in kept))
-        else:
+        rows = list(self.evidence.get())
+        keep, next_at = prune_plan([t[4] for t in rows],  # t[4]: kafka_time_ms
+                                   watermark_ms, self.retain_ms, self.prune_every_ms)
+        if next_at is None:
             self.evidence.clear()
+            self.cleanup_at.clear()
+            return
+        if not all(keep):
+            self.evidence.put([t for t, k in zip(rows, keep, strict=True) if k])
+        self._schedule_cleanup(next_at)
 
     def close(self) -> None:
         pass

@@ -1,43 +1,21 @@
-"""The Help window processor's pure parts (no Spark): the pandas -> state-value conversion,
-and when the evidence buffer is pruned.
-
-What Arrow hands the processor per classroom is a small pandas frame whose long columns turn
-into float64 when they hold a null; the state API needs plain ints, floats, strings and None.
-"""
+"""The Help window processor's pure parts (no Spark): its output rows, and when the evidence
+buffer is pruned."""
 
 from __future__ import annotations
 
-import math
-
-import pandas as pd
-
-from pipelines.transforms.help_window import _records, prune_plan
+from pipelines.transforms.help import EARLY, EVIDENCE_COLUMNS, REQUEST_COLUMNS, STATE_PAIR_SCHEMA
+from pipelines.transforms.help_window import _pair_row, prune_plan
 
 
-def test_records_are_plain_python_values_with_none_for_missing() -> None:
-    pdf = pd.DataFrame({
-        "event_id": ["e1", None],
-        "signal": ["request", "AV_BAD_NETWORK"],
-        "kafka_time_ms": pd.Series([1_750_000_000_123, 1_750_000_000_456], dtype="int64"),
-        "rtt_ms": pd.Series([float("nan"), 900.0]),  # a long column with a null
-        "packet_loss_pct": pd.Series([12.5, float("nan")]),
-        "unlisted": [float("nan"), 3],
-    })
-    rows = _records(pdf)
-    assert rows == [
-        {"event_id": "e1", "signal": "request", "kafka_time_ms": 1_750_000_000_123,
-         "rtt_ms": None, "packet_loss_pct": 12.5, "unlisted": None},
-        {"event_id": None, "signal": "AV_BAD_NETWORK", "kafka_time_ms": 1_750_000_000_456,
-         "rtt_ms": 900, "packet_loss_pct": None, "unlisted": 3},
-    ]
-    assert type(rows[1]["rtt_ms"]) is int and type(rows[0]["kafka_time_ms"]) is int
-    assert type(rows[0]["packet_loss_pct"]) is float
-    assert not any(isinstance(v, float) and math.isnan(v) for r in rows for v in r.values())
-
-
-def test_records_of_an_empty_frame() -> None:
-    pdf = pd.DataFrame({"event_id": ["e1"], "rtt_ms": [80], "detail": ["x"]})
-    assert _records(pdf.iloc[0:0]) == []
+def test_pair_rows_follow_the_output_schema_and_carry_the_cut() -> None:
+    pair = {**dict.fromkeys(EVIDENCE_COLUMNS), **{c: f"v-{c}" for c in REQUEST_COLUMNS},
+            "signal": "mic_muted", "rtt_ms": 900}
+    row = _pair_row(pair, early=True)
+    names = [f.split(" ")[0] for f in STATE_PAIR_SCHEMA.split(", ")]
+    assert list(row.asDict()) == names == [*REQUEST_COLUMNS, *EVIDENCE_COLUMNS, EARLY]
+    assert row[EARLY] is True and row["signal"] == "mic_muted" and row["rtt_ms"] == 900
+    assert row["help_id"] == "v-help_id" and row["detail"] is None
+    assert _pair_row(pair, early=False)[EARLY] is False
 
 
 RETAIN, EVERY = 75_000, 10_000

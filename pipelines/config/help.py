@@ -15,7 +15,7 @@ NO_ISSUE_TAG = "NO_ISSUE_DETECTED"
 
 
 class HelpEngine(StrEnum):
-    STATE = "state"  # per-classroom buffer (transformWithStateInPandas), event-time timers
+    STATE = "state"  # per-classroom buffer (transformWithState), event-time timers
     JOIN = "join"  # stream-stream left outer join + streaming aggregation (for comparison)
 
 

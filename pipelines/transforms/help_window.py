@@ -1,4 +1,4 @@
-"""The Help window as a per-classroom buffer (transformWithStateInPandas, event-time timers).
+"""The Help window as a per-classroom buffer (transformWithState, event-time timers).
 
 Why not only a stream-stream join: a join's output watermark is its input watermark minus the
 longest time it keeps state (the 60 s look-back), so the per-request aggregation after it can
@@ -14,6 +14,11 @@ far also go out at once, marked `early`; the sink tags from them when their prim
 of early_tags (faults start before the Help press, so the look-back usually decides), else the
 window-closed pairs decide. Each help_id is tagged once either way (the sink's guard).
 
+Why `transformWithState` (rows) and not `transformWithStateInPandas`: the operator sees each
+classroom's few rows per micro-batch, and the pandas flavour builds a DataFrame per classroom
+on the way in and out. That framing cost more than the window logic (docs/BENCHMARKS.md,
+"bench help: the window buffer on rows"); plain rows need no conversion to state values.
+
 Timers follow the query's watermark, which Spark records per batch in the offset log, so a
 replayed batch fires the same timers over the same state and emits the same pairs.
 """
@@ -23,8 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Row
 from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 
 from pipelines.config import HelpConfig
@@ -50,29 +54,11 @@ _REQUEST_SOURCE = {"help_id": "help_id", "classroom_id": "classroom_id",
                    "request_time_ms": "event_time_ms", "request_kafka_ms": "kafka_time_ms"}
 
 
-_TYPES = dict((*REQUEST_FIELDS, *EVIDENCE_FIELDS, ("user_id", "string"), ("role", "string"),
-               ("signal", "string")))
-_CAST = {"long": int, "double": float, "string": str}
+_PAIR = Row(*_PAIR_COLUMNS)
 
 
-def _plain(values: list[Any], cast: Any) -> list[Any]:
-    """None for missing (None, or NaN where Arrow gave pandas a float column), else `cast(v)`."""
-    if cast is None:
-        return [None if v is None or v != v else v for v in values]
-    return [None if v is None or v != v else cast(v) for v in values]
-
-
-def _records(pdf: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as dicts of plain Python values of the declared types (None for missing): what the
-    state API stores. (Arrow hands a long column with nulls to pandas as float64.)
-
-    Column by column through `tolist`: a micro-batch calls this once per classroom on a few
-    rows, where pandas' own per-frame work (`astype`, `where`, `loc`, `to_dict`) cost more
-    than the rows (docs/BENCHMARKS.md, the help stage's profile).
-    """
-    names = list(pdf.columns)
-    values = [_plain(pdf[c].tolist(), _CAST.get(_TYPES.get(c, ""))) for c in names]
-    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+def _pair_row(pair: dict[str, Any], *, early: bool) -> Row:
+    return _PAIR(*(early if c == EARLY else pair[c] for c in _PAIR_COLUMNS))
 
 
 def prune_plan(kafka_ms: list[int], watermark_ms: int, retain_ms: int, every_ms: int
@@ -116,52 +102,47 @@ class HelpWindowProcessor(StatefulProcessor):
         self.pending = handle.getMapState("pending", "help_id string", PENDING_STATE)
         self.cleanup_at = handle.getValueState("cleanup_at", "at long")
 
-    def handleInputRows(self, key: Any, rows: Iterator[pd.DataFrame],
-                        timerValues: Any) -> Iterator[pd.DataFrame]:
-        out: list[dict[str, Any]] = []
-        for pdf in rows:
-            records = _records(pdf)
-            evidence = [r for r in records if r["signal"] != REQUEST]
-            requests = [r for r in records if r["signal"] == REQUEST]
-            if evidence:
-                self.evidence.appendList([tuple(r[c] for c in EVIDENCE_COLUMNS)
-                                          for r in evidence])
-                if not self.cleanup_at.exists():
-                    self._schedule_cleanup(min(r["kafka_time_ms"] for r in evidence)
-                                           + self.retain_ms)
-            buffered = self._buffered() if self.early and requests else []
-            for row in requests:
-                request = {name: row[src] for name, src in _REQUEST_SOURCE.items()}
-                request["classroom_id"] = request["classroom_id"] or key[0]
-                due = int(request["request_kafka_ms"]) + self.after_ms
-                self.pending.updateValue((request["help_id"],),
-                                         (*[request[c] for c in REQUEST_COLUMNS], due))
-                self.handle.registerTimer(due)
-                out.extend({**pair, EARLY: True} for pair in window_pairs(
-                    request, buffered, self.before_ms, self.after_ms))
-        if out:
-            yield pd.DataFrame(out, columns=list(_PAIR_COLUMNS), dtype=object)
+    def handleInputRows(self, key: Any, rows: Iterator[Row],
+                        timerValues: Any) -> Iterator[Row]:
+        evidence: list[Row] = []
+        requests: list[Row] = []
+        for row in rows:
+            (requests if row["signal"] == REQUEST else evidence).append(row)
+        if evidence:
+            self.evidence.appendList([tuple(r[c] for c in EVIDENCE_COLUMNS) for r in evidence])
+            if not self.cleanup_at.exists():
+                self._schedule_cleanup(min(r["kafka_time_ms"] for r in evidence)
+                                       + self.retain_ms)
+        buffered = self._buffered() if self.early and requests else []
+        for row in requests:
+            request = {name: row[src] for name, src in _REQUEST_SOURCE.items()}
+            request["classroom_id"] = request["classroom_id"] or key[0]
+            due = int(request["request_kafka_ms"]) + self.after_ms
+            self.pending.updateValue((request["help_id"],),
+                                     (*[request[c] for c in REQUEST_COLUMNS], due))
+            self.handle.registerTimer(due)
+            for pair in window_pairs(request, buffered, self.before_ms, self.after_ms):
+                yield _pair_row(pair, early=True)
 
     def _buffered(self) -> list[dict[str, Any]]:
         return [dict(zip(EVIDENCE_COLUMNS, t, strict=True)) for t in self.evidence.get()]
 
     def handleExpiredTimer(self, key: Any, timerValues: Any,
-                           expiredTimerInfo: Any) -> Iterator[pd.DataFrame]:
+                           expiredTimerInfo: Any) -> Iterator[Row]:
         expiry = expiredTimerInfo.getExpiryTimeInMs()
         due = [(k, v) for k, v in self.pending.iterator() if v[-1] <= expiry]
-        out: list[dict[str, Any]] = []
+        out: list[Row] = []
         if due:
             evidence = self._buffered()
             for help_key, value in due:
                 request = dict(zip(REQUEST_COLUMNS, value[:-1], strict=True))
-                out.extend({**pair, EARLY: False} for pair in window_pairs(
+                out.extend(_pair_row(pair, early=False) for pair in window_pairs(
                     request, evidence, self.before_ms, self.after_ms))
                 self.pending.removeKey(help_key)
         cleanup = self.cleanup_at.get()
         if cleanup is not None and cleanup[0] <= expiry:
             self._prune(timerValues.getCurrentWatermarkInMs())
-        if out:
-            yield pd.DataFrame(out, columns=list(_PAIR_COLUMNS), dtype=object)
+        yield from out
 
     def _schedule_cleanup(self, at_ms: int) -> None:
         self.cleanup_at.update((int(at_ms),))
@@ -194,7 +175,6 @@ def buffer_requests_with_evidence(cfg: HelpConfig) -> Transform:
         # Dropping the watermarked column keeps Spark from filtering late rows out of the
         # operator; its timers still follow the query's watermark.
         return (df.drop("kafka_timestamp").groupBy("classroom_id")
-                  .transformWithStateInPandas(processor, STATE_PAIR_SCHEMA, "Append",
-                                              "EventTime"))
+                  .transformWithState(processor, STATE_PAIR_SCHEMA, "Append", "EventTime"))
 
     return apply

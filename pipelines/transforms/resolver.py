@@ -6,7 +6,7 @@
       -> resolver_rows                              one row per tag, fired signal (the
                                                     help job's `signal_conditions`), liveness
                                                     (signal.heartbeat), diagnostics reply
-      -> run_playbooks: groupBy(classroom_id).transformWithStateInPandas(ResolverProcessor)
+      -> run_playbooks: groupBy(classroom_id).transformWithState(ResolverProcessor)
          = one row per transition (pipelines/transforms/playbook.py decides them)
 
 Why per classroom, not per help_id: a tag and its classroom's evidence must meet in one group,
@@ -22,8 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 
@@ -51,6 +50,7 @@ TRANSITION_FIELDS = (
     ("request_ms", "long"), ("message", "string"))
 TRANSITION_COLUMNS = [n for n, _ in TRANSITION_FIELDS]
 TRANSITION_SCHEMA = ", ".join(f"{n} {t}" for n, t in TRANSITION_FIELDS)
+_TRANSITION = Row(*TRANSITION_COLUMNS)
 
 _PROBE_FIELDS = {"direction": "string", "media": "string", "packet_loss_pct": "double",
                  "rtt_ms": "int", "freeze_count": "int", "mic_muted": "boolean",
@@ -126,6 +126,11 @@ def resolver_rows(rules: HelpRulesConfig, tags_topic: str) -> Transform:
     return apply
 
 
+def _transition_rows(transitions: list[dict[str, Any]]) -> Iterator[Row]:
+    for t in transitions:
+        yield _TRANSITION(*(t[c] for c in TRANSITION_COLUMNS))
+
+
 class ResolverProcessor(StatefulProcessor):
     """Per classroom: open cases (map help_id -> case JSON), evidence (value, TTL), finished
     help_ids (map, TTL: a redelivered tag is not a new case), and processing-time timers.
@@ -146,19 +151,19 @@ class ResolverProcessor(StatefulProcessor):
         self.done = handle.getMapState("done", "help_id string", "at long",
                                        int(self.cfg.done_ttl_s * 1000))
 
-    def handleInputRows(self, key: Any, rows: Iterator[pd.DataFrame],
-                        timerValues: Any) -> Iterator[pd.DataFrame]:
+    def handleInputRows(self, key: Any, rows: Iterator[Row],
+                        timerValues: Any) -> Iterator[Row]:
         if key[0] is None:
             return
         now = timerValues.getCurrentProcessingTimeInMs()
-        pdf = pd.concat(list(rows), ignore_index=True)
+        inputs = list(rows)
         has_cases = self.cases.exists()
-        only_alive = bool((pdf["kind"] == ALIVE).all())
+        only_alive = all(row.kind == ALIVE for row in inputs)
         if only_alive and not has_cases and not self.evidence.exists():
             return  # a healthy classroom nobody asked about: no state at all
         ev = self._load_evidence()
         tags = []
-        for row in pdf.itertuples(index=False):
+        for row in inputs:
             at = int(row.kafka_time_ms)
             if row.kind == TAG:
                 tags.append(orjson.loads(row.body))
@@ -179,11 +184,10 @@ class ResolverProcessor(StatefulProcessor):
             out.append(new)
         out.extend(self._advance(cases, ev, now))
         self._save_evidence(ev, cases)
-        if out:
-            yield pd.DataFrame(out, columns=TRANSITION_COLUMNS)
+        yield from _transition_rows(out)
 
     def handleExpiredTimer(self, key: Any, timerValues: Any,
-                           expiredTimerInfo: Any) -> Iterator[pd.DataFrame]:
+                           expiredTimerInfo: Any) -> Iterator[Row]:
         if not self.cases.exists():
             return
         now = timerValues.getCurrentProcessingTimeInMs()
@@ -191,8 +195,7 @@ class ResolverProcessor(StatefulProcessor):
         ev = self._load_evidence()
         out = self._advance(cases, ev, now)
         self._save_evidence(ev, cases)
-        if out:
-            yield pd.DataFrame(out, columns=TRANSITION_COLUMNS)
+        yield from _transition_rows(out)
 
     def _advance(self, cases: dict[str, dict[str, Any]], ev: Evidence, now: int
                  ) -> list[dict[str, Any]]:
@@ -245,8 +248,7 @@ def run_playbooks(cfg: ResolverConfig) -> Transform:
 
     def apply(df: DataFrame) -> DataFrame:
         return (df.groupBy("classroom_id")
-                  .transformWithStateInPandas(processor, TRANSITION_SCHEMA, "Append",
-                                              "ProcessingTime"))
+                  .transformWithState(processor, TRANSITION_SCHEMA, "Append", "ProcessingTime"))
 
     return apply
 

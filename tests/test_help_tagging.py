@@ -108,7 +108,8 @@ def test_evidence_names_what_fired_each_tag(spark) -> None:
     rows = [*many("bad_network_sample", 3, packet_loss_pct=12.5, rtt_ms=900),
             pair("wb_load_fail", n=5, detail="WB_HTTP_503"),
             pair("wb_load_fail", n=6, detail="WB_CDN_TIMEOUT")]
-    out = (pairs_df(spark, rows).transform(tag_requests(HelpConfig()))
+    closed = [{**r, "early": False} for r in rows]  # cut when the window closed
+    out = (spark.createDataFrame(closed, STATE_PAIR_SCHEMA).transform(tag_requests(HelpConfig()))
            .select("help_id", "tags", "evidence", "evidence_events", "request_time")).first()
     assert out.tags == ["TEACHER_NETWORK", "WHITEBOARD_LOAD_FAIL"]
     assert json.loads(out.evidence) == {

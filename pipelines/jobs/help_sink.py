@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from pipelines.config import HelpEngine, Settings
 from pipelines.io.delta import DeltaRsWriter, delta_writer, streaming_query_id
 from pipelines.io.kafka import produce_and_flush
-from pipelines.transforms.help import apply_tag_rules, tag_records, tag_requests
+from pipelines.transforms.help import EARLY, apply_tag_rules, tag_records, tag_requests
 
 HELP_TAGS_TABLE = "gold.help_tags"
 
@@ -78,7 +78,8 @@ class HelpTagSink:
         self.topic = settings.kafka_topic(cfg.tags_topic)
         if cfg.engine is HelpEngine.JOIN:
             rules = apply_tag_rules(cfg.rules, cfg.priority)
-            self.records = lambda df: df.transform(rules).transform(tag_records)
+            self.records = lambda df: (df.transform(rules).withColumn(EARLY, F.lit(False))
+                                         .transform(tag_records))
         else:
             self.records = tag_requests(cfg)
         self.app_id: str | None = None

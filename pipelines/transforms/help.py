@@ -290,33 +290,30 @@ TAG_COLUMNS = (*_TAGGED_COLUMNS, "request_time", "request_broker_time", "request
 
 def tag_records(df: DataFrame) -> DataFrame:
     """Tagged aggregates -> the tag record (tagged_at and latencies are added at the sink).
-    `early`: tagged when the request arrived (false where the window closed, or no such
-    column: the join engine)."""
-    early = F.col(EARLY) if EARLY in df.columns else F.lit(False)
+    `early`: tagged when the request arrived, false where its window closed (the join
+    engine's sink sets it false)."""
     return df.select(
         *_TAGGED_COLUMNS,
         F.timestamp_millis("request_time_ms").alias("request_time"),
         F.timestamp_millis("request_kafka_ms").alias("request_broker_time"),
         F.to_date(F.timestamp_millis("request_time_ms")).alias("request_date"),
-        early.alias(EARLY))
+        F.col(EARLY))
 
 
 def tag_requests(cfg: HelpConfig) -> Transform:
-    """Pairs -> tag records: aggregate, apply the rules, shape (the state variant's sink).
+    """Pairs (STATE_PAIR_SCHEMA) -> tag records: aggregate, apply the rules, shape (the state
+    variant's sink).
 
     Early pairs (cut when the request arrived) become a tag only when their primary tag is in
     `early_tags`; the request's window-closed pairs tag it otherwise (the sink keeps the first
     tag of each help_id)."""
+    wanted = F.col("primary_tag").isin(*cfg.early_tags) if cfg.early_tags else F.lit(False)
 
     def apply(df: DataFrame) -> DataFrame:
-        extra = [EARLY] if EARLY in df.columns else []
-        tagged = (df.transform(aggregate_evidence(extra_keys=extra))
-                    .transform(apply_tag_rules(cfg.rules, cfg.priority)))
-        if extra:
-            wanted = (F.col("primary_tag").isin(*cfg.early_tags) if cfg.early_tags
-                      else F.lit(False))
-            tagged = tagged.where(~F.col(EARLY) | wanted)
-        return tagged.transform(tag_records)
+        return (df.transform(aggregate_evidence(extra_keys=[EARLY]))
+                  .transform(apply_tag_rules(cfg.rules, cfg.priority))
+                  .where(~F.col(EARLY) | wanted)
+                  .transform(tag_records))
 
     return apply
 

@@ -13,10 +13,10 @@ timeout) with several state variables of different lifetimes per classroom (open
 evidence with a TTL, finished ids with a TTL). applyInPandasWithState has one timeout per group
 and one state object; here each case sets its own wake-up, finished cases leave the map at
 once, and TTLs bound the rest. Rows, not the pandas flavour: every classroom sends heartbeats,
-so every classroom is a group in every micro-batch, and pandas framing per group cost more
-than the playbook (as measured for the help window, docs/BENCHMARKS.md). Processing time, not
-the watermark: a playbook's deadlines are promises to people in a lesson, and must fire while
-the streams are quiet.
+so every classroom is a group in every micro-batch, and the pandas framing per group is the
+cost Spark's guide warns of for many keys (measured for the help window, docs/BENCHMARKS.md;
+not measured here). Processing time, not the watermark: a playbook's deadlines are promises
+to people in a lesson, and must fire while the streams are quiet.
 
 Delivery (Kafka, then Delta, exactly once there): pipelines/jobs/resolver_sink.py.
 """

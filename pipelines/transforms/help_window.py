@@ -16,8 +16,9 @@ window-closed pairs decide. Each help_id is tagged once either way (the sink's g
 
 Why `transformWithState` (rows) and not `transformWithStateInPandas`: the operator sees each
 classroom's few rows per micro-batch, and the pandas flavour builds a DataFrame per classroom
-on the way in and out. That framing cost more than the window logic (docs/BENCHMARKS.md,
-"bench help: the window buffer on rows"); plain rows need no conversion to state values.
+on the way in and out: about a seventh of the Python worker's time in the profile, more than
+the window logic itself (docs/BENCHMARKS.md, "bench help: the window buffer's pruning and its
+move to rows"). Plain rows also need no conversion to state values.
 
 Timers follow the query's watermark, which Spark records per batch in the offset log, so a
 replayed batch fires the same timers over the same state and emits the same pairs.
@@ -69,7 +70,7 @@ def prune_plan(kafka_ms: list[int], watermark_ms: int, retain_ms: int, every_ms:
 
     Why the floor: a classroom with a steady trickle of signals always has a row just inside
     the horizon, so pruning when it falls out meant reading and rewriting the whole buffer
-    in nearly every micro-batch (a fifth of the window stage's Python time at 2,000 lessons,
+    in nearly every micro-batch (a fifth of the Python worker's time at 2,000 lessons,
     docs/BENCHMARKS.md). Rows kept a little longer are harmless: each request still takes
     only the evidence inside its own window.
     """

@@ -196,8 +196,8 @@ def help_latency(spark: SparkSession, settings: Settings, *, since: datetime | N
             F.count("*").alias("n"), F.percentile("latency_ms", pct).alias("event")).collect():
         kind = "early" if split[EARLY] else "closed"
         out[f"{kind}_tags"] = float(split["n"])
-        for p, value in zip(pct, split["event"], strict=True):
-            out[f"{kind}_p{int(p * 100)}_ms"] = float(value)
+        for p, value in zip(pct, split["event"] or [None] * len(pct), strict=True):
+            out[f"{kind}_p{int(p * 100)}_ms"] = float("nan") if value is None else float(value)
     return out
 
 

@@ -149,6 +149,20 @@ def test_bench_help_phase_medians() -> None:
     assert dict(zip(columns, rows[0], strict=True))["latestOffset"] == "-"
 
 
+def test_bench_help_splits_latency_by_how_the_tag_was_decided() -> None:
+    from pipelines.bench.help import LOAD_COLUMNS, HelpBenchReport, LoadRun, load_rows
+
+    latency = {"event_p50_ms": 4600.0, "event_p95_ms": 13100.0, "event_p99_ms": 16400.0,
+               "early_tags": 913.0, "early_p50_ms": 4400.0, "early_p95_ms": 7500.0}
+    run = LoadRun(classrooms=2000, engine="state", requests=913, tags=913, accuracy=1.0,
+                  latency=latency, offered_rate=1.0, processed_rate=1.0, batch_ms=[1],
+                  lag_at_end_s=None, state_rows=0)
+    row = dict(zip(LOAD_COLUMNS, load_rows(HelpBenchReport("now", {}, {}, loads=[run]))[0],
+                   strict=True))
+    assert row["early tags: n, p50/p95"] == "913, 4.4 s / 7.5 s"
+    assert row["window-closed tags: n, p50/p95"] == "0"
+
+
 def test_bench_silver_rates_with_and_without_the_first_batch() -> None:
     """`bench silver` sums input rows over micro-batch durations per query, and also gives
     the rate after each query's first data batch (which pays the JVM's warm-up)."""

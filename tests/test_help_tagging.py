@@ -398,14 +398,18 @@ def test_help_job_tags_every_request_once_and_matches_ground_truth(spark, broker
     per_help = Counter(r["help_id"] for r in rows)
     assert set(per_help) == set(truth) and max(per_help.values()) == 1
     assert result.tags == len(truth)
+    # The latency split covers every tag: decided early or when the window closed.
+    assert result.latency["early_tags"] + result.latency["closed_tags"] == len(truth), (
+        result.latency)
     got = {r["help_id"]: r["primary_tag"] for r in rows}
-    # Requests whose look-back already decided an early tag went out at once, the failed
-    # entries among them (their enter_fail precedes the press); NO_ISSUE_DETECTED waited for
-    # its window to close.
+    # Requests whose look-back already decided an early tag went out at once, failed entries
+    # among them (their enter_fail precedes the press; where it reached the job only in a
+    # later micro-batch than the request, the closed window tags it instead, as rightly).
+    # NO_ISSUE_DETECTED always waits for its window to close.
     early = {r["help_id"] for r in rows if r["early"]}
     assert early and all(got[h] in settings.help.early_tags for h in early)
     not_entered = {h for h, t in truth.items() if t.endswith("_NOT_ENTERED")}
-    assert not_entered and not_entered <= early
+    assert not_entered & early, (not_entered, early)
     assert not any(got[h] == "NO_ISSUE_DETECTED" for h in early)
     accuracy = sum(got[h] == t for h, t in truth.items()) / len(truth)
     assert accuracy >= 0.95, Counter((t, got[h]) for h, t in truth.items())

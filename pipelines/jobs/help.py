@@ -187,18 +187,22 @@ def help_latency(spark: SparkSession, settings: Settings, *, since: datetime | N
                    F.percentile("latency_ms", pct).alias("event"),
                    F.percentile("broker_latency_ms", pct).alias("broker")).first()
     out: dict[str, float] = {"tags": float(row["n"])}
-    for kind in ("event", "broker"):
-        for p, value in zip(pct, row[kind] or [None] * len(pct), strict=True):
-            out[f"{kind}_p{int(p * 100)}_ms"] = float("nan") if value is None else float(value)
+    _put_percentiles(out, "event", row["event"])
+    _put_percentiles(out, "broker", row["broker"])
     # Split by how the tag was decided: early tags wait for batches only, window-closed ones
     # also for window_after_s and the watermark delay (their floor).
     for split in tags.groupBy(F.col(EARLY)).agg(
             F.count("*").alias("n"), F.percentile("latency_ms", pct).alias("event")).collect():
         kind = "early" if split[EARLY] else "closed"
         out[f"{kind}_tags"] = float(split["n"])
-        for p, value in zip(pct, split["event"] or [None] * len(pct), strict=True):
-            out[f"{kind}_p{int(p * 100)}_ms"] = float("nan") if value is None else float(value)
+        _put_percentiles(out, kind, split["event"])
     return out
+
+
+def _put_percentiles(out: dict[str, float], kind: str, values: list[float] | None) -> None:
+    """`<kind>_p50_ms` ... from a `percentile(..., PERCENTILES)` result (NaN where none)."""
+    for p, value in zip(PERCENTILES, values or [None] * len(PERCENTILES), strict=True):
+        out[f"{kind}_p{int(p * 100)}_ms"] = float("nan") if value is None else float(value)
 
 
 @dataclass

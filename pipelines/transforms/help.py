@@ -307,9 +307,10 @@ def tag_requests(cfg: HelpConfig) -> Transform:
     Early pairs (cut when the request arrived) become a tag only when their primary tag is in
     `early_tags`; the request's window-closed pairs tag it otherwise (the sink keeps the first
     tag of each help_id)."""
-    wanted = F.col("primary_tag").isin(*cfg.early_tags) if cfg.early_tags else F.lit(False)
 
     def apply(df: DataFrame) -> DataFrame:
+        wanted = (F.col("primary_tag").isin(*cfg.early_tags) if cfg.early_tags
+                  else F.lit(False))
         return (df.transform(aggregate_evidence(extra_keys=[EARLY]))
                   .transform(apply_tag_rules(cfg.rules, cfg.priority))
                   .where(~F.col(EARLY) | wanted)

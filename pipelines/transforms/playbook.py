@@ -123,10 +123,9 @@ def proven_before_acting(ev: Evidence, book: PlaybookConfig, role: str | None,
     if not (book.self_resolve and book.confirm in _PROOF) or not case["book_attempts"]:
         return False
     first_action_ms = case["tried"][-case["book_attempts"]]["issued_at_ms"]
-    proof = ev.last([_PROOF[book.confirm]], role)
-    failed = ev.last(book.signals, role)
-    return (proof is not None and case["request_broker_ms"] <= proof < first_action_ms + grace_ms
-            and (failed is None or proof > failed))
+    # A proof playbook ignores the span: healthy since t means a proof at or after t.
+    return (healthy_since(ev, book, role, case["request_broker_ms"], 0)
+            and not healthy_since(ev, book, role, first_action_ms + grace_ms, 0))
 
 
 def recovering(ev: Evidence, book: PlaybookConfig, role: str | None, start_ms: int) -> bool:

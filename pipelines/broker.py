@@ -108,6 +108,13 @@ class BrokerStatus:
         return "external storage engine"
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now: for a broker (or bench) of its own."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 

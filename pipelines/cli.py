@@ -220,6 +220,23 @@ def bench_help(
                    output=output, console=console)
 
 
+@bench_app.command("resolve")
+def bench_resolve(
+    classrooms: Annotated[list[int] | None, typer.Option(
+        help="Concurrent lessons of a paced load run (repeat for several; default 200).")
+    ] = None,
+    duration: Annotated[float, typer.Option(min=30, help="Seconds of each load run.")] = 120,
+    seed: Annotated[int, typer.Option()] = 7,
+    output: Annotated[Path, typer.Option(help="Markdown file to append results to.")] = Path(
+        "docs/BENCHMARKS.md"),
+) -> None:
+    """The closed loop under load: help + resolver + reacting simulator, request -> resolved."""
+    from pipelines.bench.resolve import run_resolve_bench
+
+    run_resolve_bench(settings(), loads=classrooms or [200], duration_s=duration, seed=seed,
+                      output=output, console=console)
+
+
 @bench_app.command("silver")
 def bench_silver(
     classrooms: Annotated[int, typer.Option(min=1)] = 100,

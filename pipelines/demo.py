@@ -48,6 +48,7 @@ from pipelines.jobs.help import HelpJob, start_help
 from pipelines.jobs.progress import ProgressRecorder
 from pipelines.jobs.resolver import ResolverJob, start_resolver
 from pipelines.jobs.silver import start_silver
+from pipelines.simulator.run import paced_simulate_cmd
 from pipelines.spark import build_spark
 from pipelines.transforms.help import HELP_TOPICS
 from pipelines.transforms.playbook import ESCALATED, RESOLVED_AUTO, RESOLVED_SELF
@@ -198,12 +199,6 @@ def _status_line(jobs: _Jobs, elapsed_s: float, phase: str) -> str:
     return " | ".join(parts)
 
 
-def _simulate_cmd(classrooms: int, duration_s: float, seed: int, truth: Path) -> list[str]:
-    return [sys.executable, "-m", "pipelines.cli", "simulate", "--classrooms", str(classrooms),
-            "--duration", str(duration_s), "--seed", str(seed), "--rate-multiplier", "1",
-            "--ground-truth", str(truth)]
-
-
 def _drained(settings: Settings, jobs: _Jobs, ends: dict, truth_requests: int) -> bool:
     """Bronze read every produced record, silver every bronze version, every request tagged,
     every case final (what the resolver reports as open)."""
@@ -274,7 +269,7 @@ def run_demo(settings: Settings, *, classrooms: int, duration_s: float, seed: in
         sim_env = {**os.environ,
                    "LAKEHOUSE__SIMULATOR__HELP_LATEST_BEFORE_END_S": str(quiet_end_s)}
         with log_path.open("w") as log:
-            sim = subprocess.Popen(_simulate_cmd(classrooms, duration_s, seed, truth_path),
+            sim = subprocess.Popen(paced_simulate_cmd(classrooms, duration_s, seed, truth_path),
                                    stdout=log, stderr=subprocess.STDOUT, env=sim_env)
         t0 = time.monotonic()
         last_line = 0.0

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,7 @@ class DemoReport:
     fixable_resolved_auto: int | None
     tag_latency_s: list[float] = field(default_factory=list)
     resolution_latency_s: list[float] = field(default_factory=list)
+    outcome_problems: list[str] = field(default_factory=list)
     charts: list[Path] = field(default_factory=list)
 
     @property
@@ -70,6 +72,30 @@ def percentile(values: list[float], q: float) -> float:
         return math.nan
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def outcome_problems(truth: dict[str, dict], finals: list[dict]) -> list[str]:
+    """The outcomes against the simulator's ground truth, one line per breach: a request with
+    not exactly one final state, RESOLVED_AUTO before its fault was fixed (or never fixed), an
+    unfixable fault not ESCALATED. `finals`: gold.help_resolutions rows in a final state
+    (help_id, state, transition_time)."""
+    ends: dict[str, list[dict]] = {}
+    for row in finals:
+        ends.setdefault(row["help_id"], []).append(row)
+    problems = []
+    for help_id, t in truth.items():
+        rows = ends.get(help_id, [])
+        if len(rows) != 1:
+            problems.append(f"{help_id}: {len(rows)} final states")
+            continue
+        state, at = rows[0]["state"], rows[0]["transition_time"]
+        at_ms = (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() * 1000
+        fixed_ms = t.get("fixed_at_ms")
+        if state == "RESOLVED_AUTO" and (fixed_ms is None or fixed_ms > at_ms):
+            problems.append(f"{help_id}: RESOLVED_AUTO at {at_ms:.0f} but fixed at {fixed_ms}")
+        if t["cause"] != "NO_ISSUE_DETECTED" and not t.get("fixable") and state != "ESCALATED":
+            problems.append(f"{help_id}: unfixable {t['cause']} ended {state}")
+    return problems
 
 
 def _table(spark: SparkSession, settings: Settings, name: str):
@@ -109,6 +135,7 @@ def collect_report(spark: SparkSession, settings: Settings, *, truth_path: Path,
     by_tag: dict[str, Counter[str]] = {}
     resolution_s: list[float] = []
     final_of: dict[str, str] = {}
+    problems: list[str] = []
     resolutions = _table(spark, settings, RESOLUTIONS_TABLE)
     if resolutions is not None:
         finals = (resolutions.where(F.col("state").isin(*FINAL_STATES))
@@ -120,6 +147,7 @@ def collect_report(spark: SparkSession, settings: Settings, *, truth_path: Path,
             by_tag.setdefault(row.primary_tag, Counter())[row.state] += 1
             if row.state == "RESOLVED_AUTO":
                 resolution_s.append((row.transition_time - row.request_time).total_seconds())
+        problems = outcome_problems(truth_raw, finals.to_dict("records"))
     fixable = [h for h, t in truth_raw.items() if t.get("fixable")] \
         if any("fixable" in t for t in truth_raw.values()) else None
     return DemoReport(
@@ -134,7 +162,7 @@ def collect_report(spark: SparkSession, settings: Settings, *, truth_path: Path,
         fixable_resolved_auto=None if fixable is None else sum(
             final_of.get(h) == "RESOLVED_AUTO" for h in fixable),
         tag_latency_s=[float(v) / 1000 for v in tag_rows.latency_ms.dropna()],
-        resolution_latency_s=resolution_s)
+        resolution_latency_s=resolution_s, outcome_problems=problems)
 
 
 def _s(value: float) -> str:
@@ -170,6 +198,8 @@ def summary_rows(r: DemoReport) -> list[tuple[str, str]]:
     if r.fixable is not None:
         rows.append(("fixable faults resolved automatically",
                      f"{r.fixable_resolved_auto:,} of {r.fixable:,}"))
+    rows.append(("outcomes against ground truth", "as expected" if not r.outcome_problems
+                 else f"{len(r.outcome_problems):,} problems: {r.outcome_problems[0]}"))
     return rows
 
 

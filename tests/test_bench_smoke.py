@@ -181,3 +181,76 @@ def test_bench_silver_rates_with_and_without_the_first_batch() -> None:
     assert bronze.rate == 5000.0 and bronze.steady_rate is None  # one batch: no steady rate
     assert steady_ratio(bronze, silver) is None
     assert steady_ratio(silver, silver) == 1.0
+
+
+def test_bench_resolve_splits_each_auto_resolution_into_its_segments() -> None:
+    """Request -> tag -> first action -> the fixing action applied -> RESOLVED_AUTO, per case;
+    cases that did not end RESOLVED_AUTO, or whose fix the truth did not record, are left out."""
+    from datetime import UTC, datetime
+
+    from pipelines.bench.resolve import SEGMENTS, resolution_segments
+
+    def at(ms: int) -> datetime:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+    retry = [{"action_id": "a1", "issued_at_ms": 14_000, "applied_at_ms": 16_000},
+             {"action_id": "a2", "issued_at_ms": 24_000, "applied_at_ms": 26_500}]
+    truth = {
+        "h1": {"actions": [{"action_id": "b1", "issued_at_ms": 13_000,
+                            "applied_at_ms": 15_000}],
+               "fixed_by_action_id": "b1", "fixed_at_ms": 15_000},
+        "h2": {"actions": retry, "fixed_by_action_id": "a2", "fixed_at_ms": 26_500},
+        "h3": {"actions": [], "fixed_by_action_id": None, "fixed_at_ms": None},
+        "h4": {"actions": retry, "fixed_by_action_id": "a2", "fixed_at_ms": 26_500},
+    }
+    tags = [{"help_id": h, "request_time": at(10_000), "tagged_at": at(12_500)}
+            for h in ("h1", "h2", "h3", "h4")]
+    finals = [{"help_id": "h1", "state": "RESOLVED_AUTO", "transition_time": at(19_000)},
+              {"help_id": "h2", "state": "RESOLVED_AUTO",  # naive: UTC
+               "transition_time": at(30_000).replace(tzinfo=None)},
+              {"help_id": "h3", "state": "RESOLVED_AUTO", "transition_time": at(19_000)},
+              {"help_id": "h4", "state": "ESCALATED", "transition_time": at(40_000)}]
+    segments = resolution_segments(truth, tags, finals)
+    assert list(segments) == list(SEGMENTS)
+    assert segments == {"request -> tag": [2.5, 2.5], "tag -> first action": [0.5, 1.5],
+                        "fixing action -> applied": [2.0, 2.5],
+                        "applied -> RESOLVED_AUTO": [4.0, 3.5]}
+
+
+def test_bench_resolve_rows() -> None:
+    from pipelines.bench.resolve import (
+        OUTCOME_COLUMNS,
+        SEGMENT_COLUMNS,
+        ResolveBenchReport,
+        ResolveRun,
+        outcome_rows,
+        segment_rows,
+    )
+    from pipelines.demo_report import DemoReport
+
+    report = DemoReport(
+        classrooms=1000, duration_s=120, seed=7, produced=600_000, bronze_rows=0,
+        silver_rows={}, rejects_by_reason={}, duplicates=0, dropped_by_watermark=0,
+        help_requests=4, tagged=4, tag_accuracy=1.0, tag_scores={},
+        outcomes={"RESOLVED_AUTO": 2, "ESCALATED": 1}, outcomes_by_tag={}, open_cases=1,
+        fixable=3, fixable_resolved_auto=2, tag_latency_s=[2.0, 3.0, 4.0, 9.0],
+        resolution_latency_s=[8.0, 12.0], outcome_problems=["h9: 0 final states"])
+    run = ResolveRun(classrooms=1000, report=report,
+                     segments={"request -> tag": [2.0, 3.0], "tag -> first action": [1.0, 1.0],
+                               "fixing action -> applied": [2.0, 3.0],
+                               "applied -> RESOLVED_AUTO": [3.0, 5.0]},
+                     offered_rate=5000.0, help_processed_rate=4500.0,
+                     batch_s={"help": [1.0, 2.0, 6.0], "resolver": []}, drain_s=None)
+    bench = ResolveBenchReport("now", {}, {}, runs=[run])
+    row = dict(zip(OUTCOME_COLUMNS, outcome_rows(bench)[0], strict=True))
+    assert row["auto / self / escalated / open"] == "2 / 0 / 1 / 1"
+    assert row["fixable auto-resolved"] == "2 of 3"
+    assert row["ground-truth breaches"] == "1"
+    assert row["request -> tag p50/p95"] == "3.0 s / 9.0 s"
+    assert row["request -> RESOLVED_AUTO p50/p95/p99"] == "8.0 s / 12.0 s / 12.0 s"
+    assert row["help batch median/max s"] == "2.0 / 6.0"
+    assert row["resolver batch median/max s"] == "-"
+    assert row["drain"] == "-"
+    segments = dict(zip(SEGMENT_COLUMNS, segment_rows(bench)[0], strict=True))
+    assert segments["RESOLVED_AUTO cases"] == "2"
+    assert segments["applied -> RESOLVED_AUTO p50/p95"] == "3.0 s / 5.0 s"

@@ -1,12 +1,14 @@
-"""The demo report's charts, from a small hand-built report (no Spark, no broker)."""
+"""The demo report's charts and its outcome check, from small hand-built inputs (no Spark, no
+broker)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from pipelines.demo_report import DemoReport, write_charts
+from pipelines.demo_report import DemoReport, outcome_problems, summary_rows, write_charts
 
 
 def _report(**overrides: object) -> DemoReport:
@@ -37,3 +39,44 @@ def test_write_charts_renders_both_pngs(report: DemoReport, tmp_path: Path) -> N
     for path in paths:
         assert path.stat().st_size > 0
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def test_outcome_problems_names_each_breach_of_the_ground_truth() -> None:
+    truth = {
+        "ok-auto": {"cause": "TEACHER_NETWORK", "fixable": True, "fixed_at_ms": 10_000},
+        "ok-escalated": {"cause": "VIDEO_FREEZE", "fixable": False, "fixed_at_ms": None},
+        "ok-no-issue": {"cause": "NO_ISSUE_DETECTED", "fixable": False, "fixed_at_ms": None},
+        "early-auto": {"cause": "STUDENT_MIC_MUTED", "fixable": True, "fixed_at_ms": 20_000},
+        "never-fixed": {"cause": "STUDENT_MIC_MUTED", "fixable": True, "fixed_at_ms": None},
+        "unfixable-self": {"cause": "VIDEO_FREEZE", "fixable": False, "fixed_at_ms": None},
+        "two-ends": {"cause": "VIDEO_FREEZE", "fixable": False, "fixed_at_ms": None},
+        "open": {"cause": "VIDEO_FREEZE", "fixable": False, "fixed_at_ms": None},
+    }
+    finals = [
+        {"help_id": "ok-auto", "state": "RESOLVED_AUTO", "transition_time": _at(10_500)},
+        {"help_id": "ok-escalated", "state": "ESCALATED", "transition_time": _at(9_000)},
+        {"help_id": "ok-no-issue", "state": "RESOLVED_SELF", "transition_time": _at(9_000)},
+        {"help_id": "early-auto", "state": "RESOLVED_AUTO", "transition_time": _at(19_000)},
+        # naive times are UTC (Spark's session time zone)
+        {"help_id": "never-fixed", "state": "RESOLVED_AUTO",
+         "transition_time": _at(30_000).replace(tzinfo=None)},
+        {"help_id": "unfixable-self", "state": "RESOLVED_SELF", "transition_time": _at(1)},
+        {"help_id": "two-ends", "state": "ESCALATED", "transition_time": _at(1)},
+        {"help_id": "two-ends", "state": "RESOLVED_SELF", "transition_time": _at(2)},
+    ]
+    problems = outcome_problems(truth, finals)
+    assert problems == [
+        "early-auto: RESOLVED_AUTO at 19000 but fixed at 20000",
+        "never-fixed: RESOLVED_AUTO at 30000 but fixed at None",
+        "unfixable-self: unfixable VIDEO_FREEZE ended RESOLVED_SELF",
+        "two-ends: 2 final states",
+        "open: 0 final states",
+    ]
+    values = dict(summary_rows(_report(outcome_problems=problems)))
+    assert values["outcomes against ground truth"] == (
+        "5 problems: early-auto: RESOLVED_AUTO at 19000 but fixed at 20000")
+    assert dict(summary_rows(_report()))["outcomes against ground truth"] == "as expected"

@@ -24,7 +24,6 @@ import os
 import platform
 import shlex
 import shutil
-import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -159,12 +158,6 @@ class BronzeBenchReport:
 
 
 # ------------------------------------------------------------------------------ helpers
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def _bench_settings(profile: str, root: Path, port: int) -> Settings:
     """Settings for the bench's own broker (memory storage) and a storage root of its own."""
     env = {**os.environ, "LAKEHOUSE_ROOT": str(root), "LAKEHOUSE__BROKER__PORT": str(port),
@@ -358,14 +351,14 @@ def run_bronze_bench(settings: Settings, *, events: int = 300_000, output: Path 
                                                settings.kafka.max_records_per_trigger)))
     repeat = max(repeat, 1)
     workdir = Path(tempfile.mkdtemp(prefix="lakehouse-bench-"))
-    port = _free_port()
+    from pipelines.broker import EmbeddedBroker, free_port
+
+    port = free_port()
     profile_name = settings.profile.value
     broker_settings = _bench_settings(profile_name, workdir / "broker", port)
     machine = machine_info()
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     notes: list[str] = []
-
-    from pipelines.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(broker_settings)
     own_spark = spark is None

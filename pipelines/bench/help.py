@@ -24,10 +24,8 @@ import datetime as dt
 import json
 import os
 import shlex
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -40,12 +38,12 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.bench.bronze import machine_info
-from pipelines.broker import EmbeddedBroker
+from pipelines.broker import EmbeddedBroker, free_port
 from pipelines.config import HELP_TAGS, NO_ISSUE_TAG, Settings, load_settings
 from pipelines.io.kafka import caught_up, kafka_end_offsets
 from pipelines.io.kafka_admin import ensure_topics
 from pipelines.jobs.help import HELP_TAGS_TABLE, help_latency, run_help, start_help
-from pipelines.simulator.run import run_simulation
+from pipelines.simulator.run import paced_simulate_cmd, run_simulation
 from pipelines.spark import build_spark
 from pipelines.transforms.help import HELP_TOPICS
 
@@ -121,12 +119,6 @@ class HelpBenchReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _truth(path: Path) -> dict[str, str]:
     return {h: t["cause"] for h, t in json.loads(path.read_text()).items()}
 
@@ -153,13 +145,6 @@ def _accuracy_run(spark: SparkSession, settings: Settings, classrooms: int, seed
     return len(truth), confusion, scores
 
 
-def _simulate_cmd(classrooms: int, duration_s: float, seed: int, truth: Path) -> list[str]:
-    exe = Path(sys.executable).with_name("lakehouse")
-    return [str(exe), "simulate", "--classrooms", str(classrooms), "--duration",
-            str(duration_s), "--seed", str(seed), "--rate-multiplier", "1",
-            "--ground-truth", str(truth)]
-
-
 def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: int,
               duration_s: float, seed: int, engine: str, console: Console) -> LoadRun:
     env = {**env, "LAKEHOUSE_ROOT": str(root), "LAKEHOUSE__HELP__ENGINE": engine,
@@ -182,7 +167,7 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
     truth_path = root / "truth.json"
     log = (root / "simulate.log").open("w")
     console.print(f"load: {classrooms} lessons x {duration_s:g} s at real time, engine {engine}")
-    sim = subprocess.Popen(_simulate_cmd(classrooms, duration_s, seed, truth_path), env=env,
+    sim = subprocess.Popen(paced_simulate_cmd(classrooms, duration_s, seed, truth_path), env=env,
                            stdout=log, stderr=subprocess.STDOUT)
     t0, t0_wall = time.monotonic(), time.time()
     while sim.poll() is None:
@@ -253,7 +238,7 @@ def run_help_bench(base: Settings, *, loads: list[int], duration_s: float,
                   "shuffle_partitions": base.spark.shuffle_partitions,
                   "spark.master": base.spark.master})
     work = Path(tempfile.mkdtemp(prefix="bench-help-"))
-    env = {**os.environ, "LAKEHOUSE__BROKER__PORT": str(_free_port()),
+    env = {**os.environ, "LAKEHOUSE__BROKER__PORT": str(free_port()),
            "LAKEHOUSE__BROKER__STORAGE": "memory://tansu/", "LAKEHOUSE__BROKER__EMBEDDED": "true",
            "LAKEHOUSE__SIMULATOR__HELP_SHARE": "0.5", "LAKEHOUSE_PROFILE": base.profile.value,
            "LAKEHOUSE_ROOT": str(work / "broker")}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 import statistics
 import tempfile
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from deltalake import DeltaTable
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.broker import EmbeddedBroker
+from pipelines.broker import EmbeddedBroker, free_port
 from pipelines.config import Settings, load_settings
 from pipelines.jobs.bronze import start_bronze
 from pipelines.jobs.progress import PROGRESS_TABLE, ProgressRecorder
@@ -54,12 +53,6 @@ class StageRate:
         return (self.rows - self.first_rows) / busy if self.batches > 1 and busy > 0 else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def stage_rate(progress: list[dict], name: str) -> StageRate:
     rows = sorted((p for p in progress if p["query_name"] == name and p["input_rows"]),
                   key=lambda p: p["batch_id"])
@@ -83,7 +76,7 @@ def steady_ratio(bronze: StageRate, silver: StageRate) -> float | None:
 def run_silver_bench(base: Settings, *, classrooms: int, duration_s: float,
                      output: Path | None, console: Console) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-silver-") as tmp:
-        env = {**os.environ, "LAKEHOUSE_ROOT": tmp, "LAKEHOUSE__BROKER__PORT": str(_free_port()),
+        env = {**os.environ, "LAKEHOUSE_ROOT": tmp, "LAKEHOUSE__BROKER__PORT": str(free_port()),
                "LAKEHOUSE__BROKER__STORAGE": "memory://tansu/"}
         settings = load_settings(base.profile.value, environ=env)
         broker = EmbeddedBroker(settings, environ=env)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -89,6 +90,14 @@ class SimulationSummary:
         if self.delivery_failures:
             parts.append(f"[red]{self.delivery_failures:,} deliveries failed[/red]")
         return Group(*parts)
+
+
+def paced_simulate_cmd(classrooms: int, duration_s: float, seed: int, truth: Path) -> list[str]:
+    """`lakehouse simulate` at real time (the closed loop: it reads the actions and reacts), as
+    a child process's command line: the demo and the load benches run it beside their jobs."""
+    return [sys.executable, "-m", "pipelines.cli", "simulate", "--classrooms", str(classrooms),
+            "--duration", str(duration_s), "--seed", str(seed), "--rate-multiplier", "1",
+            "--ground-truth", str(truth)]
 
 
 def default_ground_truth_path(settings: Settings, seed: int) -> Path:

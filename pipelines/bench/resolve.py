@@ -1,0 +1,340 @@
+"""`lakehouse bench resolve`: the closed loop under paced load, request -> RESOLVED_AUTO.
+
+Issue 5's measurement: the help and resolver jobs on one Spark session and the simulator
+beside them on this machine, the simulator's reaction delay counted. For each lesson count N,
+on a broker of its own: both jobs run continuously while `lakehouse simulate` (a child process
+that reads classroom.help.actions and reacts after its seeded reaction delay) paces N lessons at
+real time for `duration_s`; then both run until every request is final (or the drain timeout).
+
+Everything is read back from the run's outputs (pipelines.demo_report): gold.help_tags,
+gold.help_resolutions and the simulator's ground truth. Reported: outcomes, fixable faults
+auto-resolved, breaches of the ground truth, request -> tag and request -> RESOLVED_AUTO
+percentiles, and where the time of each RESOLVED_AUTO case went (`resolution_segments`):
+
+    request -> tag on Kafka -> first action issued -> the fixing action applied by the client
+            -> RESOLVED_AUTO (the confirm: healthy evidence for healthy_span_s, then a batch)
+
+*offered* is what the simulator produced per second over its run; *help processed* the help
+job's input rows over its summed batch time; batch medians are over batches that read rows.
+Help share and the quiet end of the run are the demo's (a request the lesson's end cuts off
+cannot be confirmed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deltalake import DeltaTable
+from pyspark.sql import SparkSession
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.bench.bronze import machine_info
+from pipelines.broker import EmbeddedBroker, free_port
+from pipelines.config import Settings, load_settings
+from pipelines.demo_report import (
+    FINAL_STATES,
+    RESOLUTIONS_TABLE,
+    TAGS_TABLE,
+    DemoReport,
+    collect_report,
+    percentile,
+)
+from pipelines.io.kafka import caught_up, kafka_end_offsets
+from pipelines.io.kafka_admin import ensure_topics
+from pipelines.jobs.help import HelpJob, start_help
+from pipelines.jobs.resolver import ResolverJob, start_resolver
+from pipelines.simulator.run import paced_simulate_cmd
+from pipelines.spark import build_spark
+from pipelines.transforms.help import HELP_TOPICS
+
+SEGMENTS = ("request -> tag", "tag -> first action", "fixing action -> applied",
+            "applied -> RESOLVED_AUTO")
+
+
+def _ms(value: Any) -> float:
+    """A timestamp (aware, or naive UTC) as epoch milliseconds."""
+    at = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return at.timestamp() * 1000
+
+
+def resolution_segments(truth: dict[str, dict], tags: list[dict], finals: list[dict]
+                        ) -> dict[str, list[float]]:
+    """Seconds per segment (`SEGMENTS`) of every RESOLVED_AUTO case whose fix the ground truth
+    recorded. `tags`: gold.help_tags rows (help_id, request_time, tagged_at); `finals`:
+    gold.help_resolutions rows in a final state (help_id, state, transition_time); the truth
+    holds each case's actions (issued_at_ms, applied_at_ms) and the fixing action."""
+    tag_of = {t["help_id"]: t for t in tags}
+    out: dict[str, list[float]] = {s: [] for s in SEGMENTS}
+    for row in finals:
+        t, tag = truth.get(row["help_id"]), tag_of.get(row["help_id"])
+        if row["state"] != "RESOLVED_AUTO" or t is None or tag is None:
+            continue
+        fixer = [a for a in t.get("actions", []) if a["action_id"] == t.get("fixed_by_action_id")]
+        if not fixer or not t.get("actions"):
+            continue
+        requested, tagged = _ms(tag["request_time"]), _ms(tag["tagged_at"])
+        first_issued = min(a["issued_at_ms"] for a in t["actions"])
+        marks = (requested, tagged, first_issued, fixer[0]["issued_at_ms"], t["fixed_at_ms"],
+                 _ms(row["transition_time"]))
+        # the gap between the first action and the fixing one (a retry) is not a segment
+        spans = (marks[1] - marks[0], marks[2] - marks[1], marks[4] - marks[3],
+                 marks[5] - marks[4])
+        for name, span in zip(SEGMENTS, spans, strict=True):
+            out[name].append(span / 1000)
+    return out
+
+
+@dataclass
+class ResolveRun:
+    classrooms: int
+    report: DemoReport
+    segments: dict[str, list[float]]
+    offered_rate: float
+    help_processed_rate: float
+    batch_s: dict[str, list[float]]  # query -> triggerExecution seconds of its data batches
+    drain_s: float | None  # after the simulator stopped, until every case was final
+
+
+@dataclass
+class ResolveBenchReport:
+    started_at: str
+    machine: dict[str, str]
+    settings: dict[str, object]
+    runs: list[ResolveRun] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class _Progress:
+    """Every progress event of the bench's queries, kept by batch id (recentProgress holds
+    only the last hundred)."""
+
+    def __init__(self, **queries: Any) -> None:
+        self.queries = queries
+        self.seen: dict[str, dict[int, dict]] = {name: {} for name in queries}
+
+    def poll(self) -> None:
+        for name, query in self.queries.items():
+            for p in query.recentProgress:
+                self.seen[name].setdefault(p["batchId"], p)
+            if query.exception() is not None:
+                raise query.exception()
+
+    def data_batches(self, name: str) -> list[dict]:
+        return [p for p in self.seen[name].values() if p.get("numInputRows")]
+
+
+def _stop(help_job: HelpJob, resolver: ResolverJob) -> None:
+    for query in (help_job.query, resolver.query):
+        query.stop()
+    help_job.ticker.stop()
+    help_job.sink.close()
+    resolver.sink.close()
+
+
+def _rows(path: str, columns: list[str]) -> list[dict]:
+    if not DeltaTable.is_deltatable(path):
+        return []
+    return DeltaTable(path).to_pyarrow_table(columns=columns).to_pylist()
+
+
+def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: int,
+              duration_s: float, seed: int, console: Console) -> ResolveRun:
+    base = load_settings(None, environ=env)
+    quiet_end_s = min(base.demo.help_latest_before_end_s, duration_s / 3)
+    env = {**env, "LAKEHOUSE_ROOT": str(root),
+           "LAKEHOUSE__KAFKA__TOPIC_PREFIX": f"resolve{classrooms}.",
+           "LAKEHOUSE__SIMULATOR__HELP_LATEST_BEFORE_END_S": str(quiet_end_s)}
+    settings = load_settings(None, environ=env)
+    ensure_topics(settings.kafka.client_options(), settings.kafka_topic_configs())
+    help_job = start_help(spark, settings, once=False)
+    resolver = start_resolver(spark, settings, once=False)
+    progress = _Progress(help=help_job.query, resolver=resolver.query)
+    try:
+        while not all(progress.seen.values()):  # first batches: plans, Python workers
+            time.sleep(0.5)
+            progress.poll()
+        truth_path = root / "truth.json"
+        console.print(f"load: {classrooms} lessons x {duration_s:g} s at real time, help and "
+                      "resolver jobs, closed loop")
+        with (root / "simulate.log").open("w") as log:
+            sim = subprocess.Popen(paced_simulate_cmd(classrooms, duration_s, seed, truth_path),
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+        t0 = time.monotonic()
+        while sim.poll() is None:
+            time.sleep(1)
+            progress.poll()
+        sim_s = time.monotonic() - t0
+        if sim.returncode != 0:
+            raise RuntimeError(f"simulate failed ({sim.returncode}); see {root / 'simulate.log'}")
+        ends = kafka_end_offsets(settings, [settings.kafka_topic(t) for t in HELP_TOPICS])
+        requests = len(json.loads(truth_path.read_text()))
+        t_end, drain_s = time.monotonic(), None
+        deadline = t_end + settings.resolver.total_timeout_s + 120
+        tags_topic = [settings.kafka_topic(settings.help.tags_topic)]
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            progress.poll()
+            last = max(progress.seen["resolver"].values(), key=lambda p: p["batchId"])
+            if (help_job.sink.tagged_ids >= requests and not resolver.sink.open_cases
+                    and any(caught_up(s.get("endOffset"), kafka_end_offsets(settings, tags_topic))
+                            for s in last["sources"])):
+                drain_s = time.monotonic() - t_end
+                break
+    finally:
+        _stop(help_job, resolver)
+    report = collect_report(spark, settings, truth_path=truth_path,
+                            produced=sum(o for parts in ends.values() for o in parts.values()),
+                            classrooms=classrooms, duration_s=duration_s, seed=seed,
+                            silver_tables=[])
+    finals = [r for r in _rows(settings.table_path(RESOLUTIONS_TABLE),
+                               ["help_id", "state", "transition_time"])
+              if r["state"] in FINAL_STATES]
+    tags = _rows(settings.table_path(TAGS_TABLE), ["help_id", "request_time", "tagged_at"])
+    help_batches = progress.data_batches("help")
+    help_busy_s = sum(p["durationMs"].get("triggerExecution", 0) for p in help_batches) / 1000
+    return ResolveRun(
+        classrooms=classrooms, report=report,
+        segments=resolution_segments(json.loads(truth_path.read_text()), tags, finals),
+        offered_rate=report.produced / sim_s,
+        help_processed_rate=(sum(int(p["numInputRows"]) for p in help_batches) / help_busy_s
+                             if help_busy_s else 0.0),
+        batch_s={name: [p["durationMs"].get("triggerExecution", 0) / 1000
+                        for p in progress.data_batches(name)] for name in progress.seen},
+        drain_s=drain_s)
+
+
+def run_resolve_bench(base: Settings, *, loads: list[int], duration_s: float, seed: int,
+                      output: Path | None, console: Console) -> ResolveBenchReport:
+    """Run each load on a broker of its own; print the results; append them to `output`."""
+    r, h = base.resolver, base.help
+    report = ResolveBenchReport(
+        started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        machine=machine_info(),
+        settings={"help share": base.simulator.help_share,
+                  "help trigger_seconds": h.trigger_seconds,
+                  "resolver trigger_seconds": r.trigger_seconds, "grace_s": r.grace_s,
+                  "healthy_span_s": r.healthy_span_s,
+                  "reaction delay": f"{base.simulator.fault_model.reaction_delay_s.min:g}-"
+                                    f"{base.simulator.fault_model.reaction_delay_s.max:g} s",
+                  "shuffle_partitions": base.spark.shuffle_partitions,
+                  "spark.master": base.spark.master})
+    work = Path(tempfile.mkdtemp(prefix="bench-resolve-"))
+    env = {**os.environ, "LAKEHOUSE__BROKER__PORT": str(free_port()),
+           "LAKEHOUSE__BROKER__STORAGE": "memory://tansu/", "LAKEHOUSE__BROKER__EMBEDDED": "true",
+           "LAKEHOUSE_PROFILE": base.profile.value, "LAKEHOUSE_ROOT": str(work / "broker")}
+    broker = EmbeddedBroker(load_settings(None, environ=env), environ=env)
+    broker.start()
+    spark = build_spark(load_settings(None, environ=env), app_name="bench-resolve")
+    try:
+        for n in loads:
+            try:
+                report.runs.append(_load_run(spark, env, work / f"load-{n}", n, duration_s,
+                                             seed, console))
+            except Exception as exc:  # record what broke it and go on with the next load
+                report.notes.append(f"{n} lessons: failed: {exc!s:.300}")
+                console.print(f"[red]{report.notes[-1]}[/red]")
+    finally:
+        spark.stop()
+        broker.stop(kill=True)
+    report.machine["load_after"] = repr(os.getloadavg())
+    for table in render(report):
+        console.print(table)
+    if output is not None:
+        append_markdown(report, output, loads, duration_s, seed)
+    return report
+
+
+def _s(value: float) -> str:
+    return "-" if value != value else f"{value:.1f} s"
+
+
+def _pcts(values: list[float], qs: tuple[float, ...] = (.5, .95)) -> str:
+    return " / ".join(_s(percentile(values, q)) for q in qs)
+
+
+def _batches(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} / {max(values):.1f}" if values else "-"
+
+
+OUTCOME_COLUMNS = ("lessons", "requests", "tagged, primary right", "auto / self / escalated / open",
+                   "fixable auto-resolved", "ground-truth breaches", "request -> tag p50/p95",
+                   "request -> RESOLVED_AUTO p50/p95/p99", "offered ev/s", "help processed ev/s",
+                   "help batch median/max s", "resolver batch median/max s", "drain")
+
+
+def outcome_rows(report: ResolveBenchReport) -> list[tuple[str, ...]]:
+    rows = []
+    for run in report.runs:
+        r = run.report
+        finals = " / ".join(str(r.outcomes.get(s, 0))
+                            for s in ("RESOLVED_AUTO", "RESOLVED_SELF", "ESCALATED"))
+        fixable = "-" if r.fixable is None else f"{r.fixable_resolved_auto} of {r.fixable}"
+        rows.append((f"{run.classrooms:,}", str(r.help_requests),
+                     f"{r.tagged}, {r.tag_accuracy:.0%}", f"{finals} / {r.open_cases}", fixable,
+                     str(len(r.outcome_problems)), _pcts(r.tag_latency_s),
+                     _pcts(r.resolution_latency_s, (.5, .95, .99)),
+                     f"{run.offered_rate:,.0f}", f"{run.help_processed_rate:,.0f}",
+                     _batches(run.batch_s.get("help", [])),
+                     _batches(run.batch_s.get("resolver", [])),
+                     "-" if run.drain_s is None else f"{run.drain_s:.0f} s"))
+    return rows
+
+
+SEGMENT_COLUMNS = ("lessons", "RESOLVED_AUTO cases", *(f"{s} p50/p95" for s in SEGMENTS))
+
+
+def segment_rows(report: ResolveBenchReport) -> list[tuple[str, ...]]:
+    return [(f"{run.classrooms:,}", str(len(run.segments[SEGMENTS[0]])),
+             *(_pcts(run.segments[s]) for s in SEGMENTS)) for run in report.runs]
+
+
+def render(report: ResolveBenchReport) -> list[Table]:
+    tables = []
+    for title, columns, rows in (
+            ("bench resolve: outcomes and latency under paced load", OUTCOME_COLUMNS,
+             outcome_rows(report)),
+            ("bench resolve: where a RESOLVED_AUTO case's time went", SEGMENT_COLUMNS,
+             segment_rows(report))):
+        table = Table(title=title)
+        for c in columns:
+            table.add_column(c, justify="right")
+        for row in rows:
+            table.add_row(*row)
+        tables.append(table)
+    return tables
+
+
+def _md(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+            *("| " + " | ".join(row) + " |" for row in rows), ""]
+
+
+def append_markdown(report: ResolveBenchReport, output: Path, loads: list[int],
+                    duration_s: float, seed: int) -> None:
+    """Append this run as its own section (other benches append theirs to the same file)."""
+    command = (f"lakehouse bench resolve {' '.join(f'--classrooms {n}' for n in loads)} "
+               f"--duration {duration_s:g} --seed {seed}")
+    m = report.machine
+    lines = [f"## bench resolve, {report.started_at}", "",
+             f"Command: `{command}`. Method: module docstring of `pipelines/bench/resolve.py`.",
+             "", "Settings: " + ", ".join(f"{k} {v}" for k, v in report.settings.items()) + ".",
+             "", f"Machine: {m['cpu']}, {m['nproc']} CPUs, {m['memory']}; load average before "
+             f"{m['load']}, after {m.get('load_after', '?')}; {m['versions']}.", "",
+             *_md(OUTCOME_COLUMNS, outcome_rows(report)),
+             "Where each RESOLVED_AUTO case's time went (seconds; a retry's wait between the "
+             "first and the fixing action is in no column):", "",
+             *_md(SEGMENT_COLUMNS, segment_rows(report)),
+             *(f"- {note}" for note in report.notes)]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("a") as fh:
+        fh.write("\n" + "\n".join(lines).rstrip() + "\n")

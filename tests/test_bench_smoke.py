@@ -220,10 +220,12 @@ def test_bench_resolve_splits_each_auto_resolution_into_its_segments() -> None:
 def test_bench_resolve_rows() -> None:
     from pipelines.bench.resolve import (
         OUTCOME_COLUMNS,
+        PHASE_COLUMNS,
         SEGMENT_COLUMNS,
         ResolveBenchReport,
         ResolveRun,
         outcome_rows,
+        phase_rows,
         segment_rows,
     )
     from pipelines.demo_report import DemoReport
@@ -240,7 +242,8 @@ def test_bench_resolve_rows() -> None:
                                "fixing action -> applied": [2.0, 3.0],
                                "applied -> RESOLVED_AUTO": [3.0, 5.0]},
                      offered_rate=5000.0, help_processed_rate=4500.0,
-                     batch_s={"help": [1.0, 2.0, 6.0], "resolver": []}, drain_s=None)
+                     batch_s={"help": [1.0, 2.0, 6.0], "resolver": []}, drain_s=None,
+                     phases={"resolver": {"addBatch": 2.5}, "help": {}})
     bench = ResolveBenchReport("now", {}, {}, runs=[run])
     row = dict(zip(OUTCOME_COLUMNS, outcome_rows(bench)[0], strict=True))
     assert row["auto / self / escalated / open"] == "2 / 0 / 1 / 1"
@@ -254,3 +257,6 @@ def test_bench_resolve_rows() -> None:
     segments = dict(zip(SEGMENT_COLUMNS, segment_rows(bench)[0], strict=True))
     assert segments["RESOLVED_AUTO cases"] == "2"
     assert segments["applied -> RESOLVED_AUTO p50/p95"] == "3.0 s / 5.0 s"
+    phases = [dict(zip(PHASE_COLUMNS, row, strict=True)) for row in phase_rows(bench)]
+    assert [(p["query"], p["addBatch"], p["walCommit"]) for p in phases] == [
+        ("help", "-", "-"), ("resolver", "2.50", "-")]

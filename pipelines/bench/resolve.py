@@ -39,6 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.bench.bronze import machine_info
+from pipelines.bench.help import SPARK_PHASES, batch_phases
 from pipelines.broker import EmbeddedBroker, free_port
 from pipelines.config import Settings, load_settings
 from pipelines.demo_report import (
@@ -103,6 +104,8 @@ class ResolveRun:
     help_processed_rate: float
     batch_s: dict[str, list[float]]  # query -> triggerExecution seconds of its data batches
     drain_s: float | None  # after the simulator stopped, until every case was final
+    # query -> median seconds per data batch of each of Spark's trigger phases
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -210,7 +213,9 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
                              if help_busy_s else 0.0),
         batch_s={name: [p["durationMs"].get("triggerExecution", 0) / 1000
                         for p in progress.data_batches(name)] for name in progress.seen},
-        drain_s=drain_s)
+        drain_s=drain_s,
+        phases={name: batch_phases(list(seen.values()), {})
+                for name, seen in progress.seen.items()})
 
 
 def run_resolve_bench(base: Settings, *, loads: list[int], duration_s: float, seed: int,
@@ -298,13 +303,24 @@ def segment_rows(report: ResolveBenchReport) -> list[tuple[str, ...]]:
              *(_pcts(run.segments[s]) for s in SEGMENTS)) for run in report.runs]
 
 
+PHASE_COLUMNS = ("lessons", "query", *SPARK_PHASES)
+
+
+def phase_rows(report: ResolveBenchReport) -> list[tuple[str, ...]]:
+    return [(f"{run.classrooms:,}", query,
+             *(f"{phases[n]:.2f}" if n in phases else "-" for n in SPARK_PHASES))
+            for run in report.runs for query, phases in sorted(run.phases.items())]
+
+
 def render(report: ResolveBenchReport) -> list[Table]:
     tables = []
     for title, columns, rows in (
             ("bench resolve: outcomes and latency under paced load", OUTCOME_COLUMNS,
              outcome_rows(report)),
             ("bench resolve: where a RESOLVED_AUTO case's time went", SEGMENT_COLUMNS,
-             segment_rows(report))):
+             segment_rows(report)),
+            ("bench resolve: median seconds per data batch, by phase", PHASE_COLUMNS,
+             phase_rows(report))):
         table = Table(title=title)
         for c in columns:
             table.add_column(c, justify="right")
@@ -334,6 +350,8 @@ def append_markdown(report: ResolveBenchReport, output: Path, loads: list[int],
              "Where each RESOLVED_AUTO case's time went (seconds; a retry's wait between the "
              "first and the fixing action is in no column):", "",
              *_md(SEGMENT_COLUMNS, segment_rows(report)),
+             "Median seconds per data batch, by Spark's trigger phases:", "",
+             *_md(PHASE_COLUMNS, phase_rows(report)),
              *(f"- {note}" for note in report.notes)]
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("a") as fh:

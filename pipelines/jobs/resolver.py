@@ -5,17 +5,15 @@ One query:
 
     Kafka (classroom.help.tags + the five classroom topics, one source)
       -> kafka_to_bronze -> resolver_inputs (candidates, the shared validation, rows)
-      -> run_playbooks: per classroom, transformWithState + processing-time timers
+      -> run_playbooks: per bucket of classrooms, transformWithState + processing-time timers
       -> foreachBatch: Kafka classroom.help.actions / .escalations -> gold.help_resolutions
 
 Why transformWithState: the playbook is timer-driven (confirm timeouts, retries, the total
-timeout) with several state variables of different lifetimes per classroom (open cases,
-evidence with a TTL, finished ids with a TTL). applyInPandasWithState has one timeout per group
-and one state object; here each case sets its own wake-up, finished cases leave the map at
-once, and TTLs bound the rest. Rows, not the pandas flavour: every classroom sends heartbeats,
-so every classroom is a group in every micro-batch, and the pandas framing per group is the
-cost Spark's guide warns of for many keys (measured for the help window, docs/BENCHMARKS.md;
-not measured here). Processing time, not the watermark: a playbook's deadlines are promises
+timeout), and each case sets its own wake-up; applyInPandasWithState has one timeout per group.
+Rows, not the pandas flavour: the pandas framing per group is the cost Spark's guide warns of
+for many keys (measured for the help window, docs/BENCHMARKS.md). Groups are buckets of
+classrooms, each one state value (pipelines/transforms/resolver.py says why and what it
+costs). Processing time, not the watermark: a playbook's deadlines are promises
 to people in a lesson, and must fire while the streams are quiet.
 
 Delivery (Kafka, then Delta, exactly once there): pipelines/jobs/resolver_sink.py.

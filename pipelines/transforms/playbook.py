@@ -26,7 +26,7 @@ batch time; on one host (or NTP-synced ones) the two clocks agree to well under 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -73,13 +73,6 @@ class Evidence:
         roles = ROLES if role is None else (role,)
         times = [self.alive[r] for r in roles if r in self.alive]
         return max(times) if times else None
-
-    def dumps(self) -> str:
-        return orjson.dumps(asdict(self)).decode()
-
-    @classmethod
-    def loads(cls, text: str | None) -> Evidence:
-        return cls(**orjson.loads(text)) if text else cls()
 
 
 def target_role(book: PlaybookConfig, requester_role: str | None) -> str | None:

@@ -6,11 +6,13 @@
       -> resolver_rows                              one row per tag, fired signal (the
                                                     help job's `signal_conditions`), liveness
                                                     (signal.heartbeat), diagnostics reply
-      -> run_playbooks: groupBy(classroom_id).transformWithState(ResolverProcessor)
+      -> run_playbooks: groupBy(a hash bucket of classroom_id)
+                        .transformWithState(ResolverProcessor)
          = one row per transition (pipelines/transforms/playbook.py decides them)
 
-Why per classroom, not per help_id: a tag and its classroom's evidence must meet in one group,
-and evidence carries no help_id. Why liveness from heartbeats only: "no bad signal" means
+Why by classroom, not by help_id: a tag and its classroom's evidence must meet in one group,
+and evidence carries no help_id; several classrooms share a group (ResolverProcessor says
+why). Why liveness from heartbeats only: "no bad signal" means
 nothing from a client that stopped sending, and every client sends a heartbeat every 2 s; the
 other healthy records would triple the rows validated and handed to Python for no more
 information.
@@ -19,6 +21,7 @@ information.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
@@ -131,13 +134,82 @@ def _transition_rows(transitions: list[dict[str, Any]]) -> Iterator[Row]:
         yield _TRANSITION(*(t[c] for c in TRANSITION_COLUMNS))
 
 
-class ResolverProcessor(StatefulProcessor):
-    """Per classroom: open cases (map help_id -> case JSON), evidence (value, TTL), finished
-    help_ids (map, TTL: a redelivered tag is not a new case), and processing-time timers.
+@dataclass
+class Bucket:
+    """The state of one bucket of classrooms, kept as one value.
 
-    State stays bounded: a final case leaves the map at once; evidence of a classroom with no
-    open case is dropped once its newest fired signal is `evidence_ttl_s` old (and expires by
-    TTL when the classroom goes quiet); finished ids expire after `done_ttl_s`.
+    ev: classroom -> its Evidence; seen: classroom -> processing time its evidence was last
+    updated; cases: help_id -> open case; done: help_id -> processing time it ended (a
+    redelivered tag is not a new case); timers: the processing-time timers registered.
+    """
+
+    ev: dict[str, Evidence] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)
+    cases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    done: dict[str, int] = field(default_factory=dict)
+    timers: list[int] = field(default_factory=list)
+
+    def dumps(self) -> str:
+        return orjson.dumps({"ev": {c: asdict(e) for c, e in self.ev.items()},
+                             "seen": self.seen, "cases": self.cases, "done": self.done,
+                             "timers": self.timers}).decode()
+
+    @classmethod
+    def loads(cls, text: str | None) -> Bucket:
+        if not text:
+            return cls()
+        raw = orjson.loads(text)
+        return cls({c: Evidence(**e) for c, e in raw["ev"].items()}, raw["seen"],
+                   raw["cases"], raw["done"], raw["timers"])
+
+    def cases_of(self, classroom: str) -> dict[str, dict[str, Any]]:
+        return {h: c for h, c in self.cases.items() if c["classroom_id"] == classroom}
+
+    @property
+    def empty(self) -> bool:
+        return not (self.ev or self.cases or self.done)
+
+    def prune(self, now: int, evidence_ttl_ms: int, done_ttl_ms: int) -> None:
+        """Drop a classroom's evidence when no case of it is open and either its newest fired
+        signal (or diagnostics finding) is `evidence_ttl_ms` older than its newest record, or
+        nothing of it arrived for `evidence_ttl_ms` (processing time); finished ids after
+        `done_ttl_ms`."""
+        open_in = {c["classroom_id"] for c in self.cases.values()}
+        for classroom in [c for c in self.ev if c not in open_in]:
+            ev = self.ev[classroom]
+            horizon = max([*ev.fired.values(), *ev.alive.values()], default=0) - evidence_ttl_ms
+            ev.findings = {h: f for h, f in ev.findings.items() if f[1] >= horizon}
+            quiet = now - self.seen.get(classroom, now) > evidence_ttl_ms
+            if quiet or (max(ev.fired.values(), default=0) < horizon and not ev.findings):
+                del self.ev[classroom]
+                self.seen.pop(classroom, None)
+        self.done = {h: at for h, at in self.done.items() if now - at <= done_ttl_ms}
+
+    def reconcile_timers(self, now: int) -> tuple[list[int], list[int]]:
+        """(timers to delete, timers to register) so that one timer waits at each open case's
+        wake-up; `timers` is updated to the result. Spark deletes a timer once it fired, so
+        those at or before `now` are gone already."""
+        registered = {t for t in self.timers if t > now}
+        wanted = {t for c in self.cases.values() if (t := wake_at(c)) is not None}
+        self.timers = sorted(wanted)
+        return sorted(registered - wanted), sorted(wanted - registered)
+
+
+class ResolverProcessor(StatefulProcessor):
+    """Per bucket of classrooms (a hash of classroom_id into `key_buckets`): one value holds
+    the bucket's open cases, its classrooms' evidence and its finished help_ids; processing-time
+    timers wake the bucket at its cases' deadlines.
+
+    Why buckets and one value, not a group per classroom with a state variable each: every
+    classroom sends heartbeats, so every classroom was a group in every micro-batch, and each
+    group cost about five round trips between the Python worker and the JVM's state server
+    (set the key, two `exists`, get, update). At 2,000 lessons py-spy put ~80% of this stage's
+    Python time in them, the stage being half the resolver's micro-batch (docs/BENCHMARKS.md).
+    A bucket costs set key, get and update, however many classrooms it holds.
+
+    State stays bounded: a final case leaves at once; a classroom's evidence is dropped when no
+    case of it is open and its newest fired signal is `evidence_ttl_s` older than its newest
+    record, or nothing of it arrived for `evidence_ttl_s`; finished ids after `done_ttl_s`.
     """
 
     def __init__(self, cfg: ResolverConfig) -> None:
@@ -145,23 +217,31 @@ class ResolverProcessor(StatefulProcessor):
 
     def init(self, handle: StatefulProcessorHandle) -> None:
         self.handle = handle
-        self.cases = handle.getMapState("cases", "help_id string", "body string")
-        self.evidence = handle.getValueState("evidence", "body string",
-                                             int(self.cfg.evidence_ttl_s * 1000))
-        self.done = handle.getMapState("done", "help_id string", "at long",
-                                       int(self.cfg.done_ttl_s * 1000))
+        self.state = handle.getValueState("bucket", "body string")
 
     def handleInputRows(self, key: Any, rows: Iterator[Row],
                         timerValues: Any) -> Iterator[Row]:
-        if key[0] is None:
-            return
         now = timerValues.getCurrentProcessingTimeInMs()
-        inputs = list(rows)
-        has_cases = self.cases.exists()
-        only_alive = all(row.kind == ALIVE for row in inputs)
-        if only_alive and not has_cases and not self.evidence.exists():
-            return  # a healthy classroom nobody asked about: no state at all
-        ev = self._load_evidence()
+        by_classroom: dict[str, list[Row]] = {}
+        for row in rows:
+            if row.classroom_id is not None:
+                by_classroom.setdefault(row.classroom_id, []).append(row)
+        stored = self.state.get()
+        bucket = Bucket.loads(stored[0] if stored else None)
+        out: list[dict[str, Any]] = []
+        for classroom, inputs in by_classroom.items():
+            out.extend(self._classroom(bucket, classroom, inputs, now))
+        if stored is not None or bucket.ev or bucket.cases:
+            self._save(bucket, now)
+        yield from _transition_rows(out)
+
+    def _classroom(self, bucket: Bucket, classroom: str, inputs: list[Row], now: int
+                   ) -> list[dict[str, Any]]:
+        """One classroom's rows of this micro-batch: evidence, new cases, their advance."""
+        cases = bucket.cases_of(classroom)
+        if all(row.kind == ALIVE for row in inputs) and not cases and classroom not in bucket.ev:
+            return []  # a healthy classroom nobody asked about: no state at all
+        ev = bucket.ev.get(classroom) or Evidence()
         tags = []
         for row in inputs:
             at = int(row.kafka_time_ms)
@@ -173,70 +253,56 @@ class ResolverProcessor(StatefulProcessor):
                     ev.findings[row.help_id] = [row.finding, at]
             else:
                 ev.see(row.signal if row.kind != ALIVE else None, row.role, at)
-        cases = self._load_cases() if has_cases else {}
         out: list[dict[str, Any]] = []
         for tag in tags:
             help_id = tag.get("help_id")
-            if not help_id or help_id in cases or self.done.containsKey((help_id,)):
+            if not help_id or help_id in bucket.cases or help_id in bucket.done:
                 continue  # at-least-once delivery of tags: one case per help_id
-            tag.setdefault("classroom_id", key[0])
-            cases[help_id], new = open_case(tag, now, self.cfg)
+            tag.setdefault("classroom_id", classroom)
+            case, new = open_case(tag, now, self.cfg)
+            bucket.cases[help_id] = cases[help_id] = case
             out.append(new)
-        out.extend(self._advance(cases, ev, now))
-        self._save_evidence(ev, cases)
-        yield from _transition_rows(out)
+        bucket.ev[classroom], bucket.seen[classroom] = ev, now
+        out.extend(self._advance(bucket, cases, now))
+        return out
 
     def handleExpiredTimer(self, key: Any, timerValues: Any,
                            expiredTimerInfo: Any) -> Iterator[Row]:
-        if not self.cases.exists():
+        stored = self.state.get()
+        if stored is None:
             return
         now = timerValues.getCurrentProcessingTimeInMs()
-        cases = self._load_cases()
-        ev = self._load_evidence()
-        out = self._advance(cases, ev, now)
-        self._save_evidence(ev, cases)
+        bucket = Bucket.loads(stored[0])
+        out = self._advance(bucket, dict(bucket.cases), now)
+        self._save(bucket, now)
         yield from _transition_rows(out)
 
-    def _advance(self, cases: dict[str, dict[str, Any]], ev: Evidence, now: int
+    def _advance(self, bucket: Bucket, cases: dict[str, dict[str, Any]], now: int
                  ) -> list[dict[str, Any]]:
+        """Advance `cases` (open cases of the bucket) with their classrooms' evidence."""
         out: list[dict[str, Any]] = []
-        timers = {t for t in self.handle.listTimers() if t > now}  # expired ones are gone
-        wanted: set[int] = set()
         for help_id, case in cases.items():
+            ev = bucket.ev.setdefault(case["classroom_id"], Evidence())
             out.extend(advance(case, ev, now, self.cfg))
             if case["state"] in FINAL_STATES:
-                self.cases.removeKey((help_id,))
-                self.done.updateValue((help_id,), (now,))
+                del bucket.cases[help_id]
+                bucket.done[help_id] = now
                 ev.findings.pop(help_id, None)
-                continue
-            self.cases.updateValue((help_id,), (orjson.dumps(case).decode(),))
-            at = wake_at(case)
-            if at is not None:
-                wanted.add(at)
-        for at in timers - wanted:
-            self.handle.deleteTimer(at)
-        for at in wanted - timers:
-            self.handle.registerTimer(at)
-        for help_id in [h for h, c in cases.items() if c["state"] in FINAL_STATES]:
-            del cases[help_id]
         return out
 
-    def _load_cases(self) -> dict[str, dict[str, Any]]:
-        return {k[0]: orjson.loads(v[0]) for k, v in self.cases.iterator()}
-
-    def _load_evidence(self) -> Evidence:
-        stored = self.evidence.get() if self.evidence.exists() else None
-        return Evidence.loads(stored[0] if stored else None)
-
-    def _save_evidence(self, ev: Evidence, cases: dict[str, dict[str, Any]]) -> None:
-        """Keep evidence while a case is open or a signal fired within evidence_ttl_s."""
-        newest = max([*ev.fired.values(), *ev.alive.values()], default=0)
-        horizon = newest - int(self.cfg.evidence_ttl_s * 1000)
-        ev.findings = {h: f for h, f in ev.findings.items() if h in cases or f[1] >= horizon}
-        if not cases and max(ev.fired.values(), default=0) < horizon and not ev.findings:
-            self.evidence.clear()
+    def _save(self, bucket: Bucket, now: int) -> None:
+        """Prune the bucket, bring the registered timers in line with its open cases, store
+        it (or clear it when nothing is left)."""
+        bucket.prune(now, int(self.cfg.evidence_ttl_s * 1000), int(self.cfg.done_ttl_s * 1000))
+        delete, register = bucket.reconcile_timers(now)
+        for at in delete:
+            self.handle.deleteTimer(at)
+        for at in register:
+            self.handle.registerTimer(at)
+        if bucket.empty:
+            self.state.clear()
         else:
-            self.evidence.update((ev.dumps(),))
+            self.state.update((bucket.dumps(),))
 
     def close(self) -> None:
         pass
@@ -247,7 +313,8 @@ def run_playbooks(cfg: ResolverConfig) -> Transform:
     processor = ResolverProcessor(cfg)
 
     def apply(df: DataFrame) -> DataFrame:
-        return (df.groupBy("classroom_id")
+        bucket = F.pmod(F.xxhash64("classroom_id"), F.lit(cfg.key_buckets))
+        return (df.withColumn("bucket", bucket).groupBy("bucket")
                   .transformWithState(processor, TRANSITION_SCHEMA, "Append", "ProcessingTime"))
 
     return apply

@@ -20,6 +20,7 @@ Help share is 0.5 in every run so a short run has enough requests to rank latenc
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -29,6 +30,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,6 +224,27 @@ def _state_halves(progress: dict[int, dict], *, sim_start: float, sim_end: float
     return halves[0], halves[1]
 
 
+@contextlib.contextmanager
+def broker_and_spark(base: Settings, work: Path, app_name: str, **env_overrides: str
+                     ) -> Iterator[tuple[dict[str, str], SparkSession]]:
+    """A broker of the bench's own (memory storage, a free port) and a Spark session, both
+    stopped at the end; yields the environment that points settings at that broker."""
+    env = {**os.environ, "LAKEHOUSE__BROKER__PORT": str(free_port()),
+           "LAKEHOUSE__BROKER__STORAGE": "memory://tansu/", "LAKEHOUSE__BROKER__EMBEDDED": "true",
+           "LAKEHOUSE_PROFILE": base.profile.value, "LAKEHOUSE_ROOT": str(work / "broker"),
+           **env_overrides}
+    broker = EmbeddedBroker(load_settings(None, environ=env), environ=env)
+    broker.start()
+    try:
+        spark = build_spark(load_settings(None, environ=env), app_name=app_name)
+        try:
+            yield env, spark
+        finally:
+            spark.stop()
+    finally:
+        broker.stop(kill=True)
+
+
 def run_help_bench(base: Settings, *, loads: list[int], duration_s: float,
                    accuracy_classrooms: int, seed: int, with_join: bool, output: Path | None,
                    console: Console) -> HelpBenchReport:
@@ -238,14 +261,8 @@ def run_help_bench(base: Settings, *, loads: list[int], duration_s: float,
                   "shuffle_partitions": base.spark.shuffle_partitions,
                   "spark.master": base.spark.master})
     work = Path(tempfile.mkdtemp(prefix="bench-help-"))
-    env = {**os.environ, "LAKEHOUSE__BROKER__PORT": str(free_port()),
-           "LAKEHOUSE__BROKER__STORAGE": "memory://tansu/", "LAKEHOUSE__BROKER__EMBEDDED": "true",
-           "LAKEHOUSE__SIMULATOR__HELP_SHARE": "0.5", "LAKEHOUSE_PROFILE": base.profile.value,
-           "LAKEHOUSE_ROOT": str(work / "broker")}
-    broker = EmbeddedBroker(load_settings(None, environ=env), environ=env)
-    broker.start()
-    spark = build_spark(load_settings(None, environ=env), app_name="bench-help")
-    try:
+    with broker_and_spark(base, work, "bench-help",
+                          LAKEHOUSE__SIMULATOR__HELP_SHARE="0.5") as (env, spark):
         if accuracy_classrooms:
             acc_env = {**env, "LAKEHOUSE_ROOT": str(work / "accuracy"),
                        "LAKEHOUSE__KAFKA__TOPIC_PREFIX": "accuracy."}
@@ -261,10 +278,7 @@ def run_help_bench(base: Settings, *, loads: list[int], duration_s: float,
             except Exception as exc:  # record what broke it and go on with the next load
                 report.notes.append(f"{n} lessons ({engine}): failed: {exc!s:.300}")
                 console.print(f"[red]{report.notes[-1]}[/red]")
-    finally:
-        spark.stop()
-        broker.stop(kill=True)
-    report.machine["load_after"] = os.getloadavg().__repr__()
+    report.machine["load_after"] = repr(os.getloadavg())
     for table in render(report):
         console.print(table)
     if output is not None:
@@ -356,7 +370,7 @@ def phase_table(report: HelpBenchReport) -> tuple[list[str], list[tuple[str, ...
     return ["lessons", "engine", *names], rows
 
 
-def _md(columns: list[str] | tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def markdown_table(columns: list[str] | tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
             *("| " + " | ".join(row) + " |" for row in rows), ""]
 
@@ -379,13 +393,14 @@ def append_markdown(report: HelpBenchReport, output: Path, loads: list[int], dur
     if report.accuracy is not None:
         columns, rows = confusion_rows(report)
         lines += [f"Accuracy ({accuracy_classrooms} lessons x 120 s, help share 0.5, seed "
-                  f"{seed}, {report.accuracy[0]} requests):", "", *_md(columns, rows)]
+                  f"{seed}, {report.accuracy[0]} requests):", "", *markdown_table(columns, rows)]
     lines += ["Latency under load (help share 0.5, paced at real time):", "",
-              *_md(LOAD_COLUMNS, load_rows(report))]
+              *markdown_table(LOAD_COLUMNS, load_rows(report))]
     phase_columns, phase_rows = phase_table(report)
     if phase_rows:
         lines += ["Median seconds per data batch, by phase (Spark's trigger phases; the tag "
-                  "sink's phases run inside addBatch):", "", *_md(phase_columns, phase_rows)]
+                  "sink's phases run inside addBatch):", "",
+                  *markdown_table(phase_columns, phase_rows)]
     lines += [f"- {note}" for note in report.notes]
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("a") as fh:

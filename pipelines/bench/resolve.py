@@ -39,8 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.bench.bronze import machine_info
-from pipelines.bench.help import SPARK_PHASES, batch_phases
-from pipelines.broker import EmbeddedBroker, free_port
+from pipelines.bench.help import SPARK_PHASES, batch_phases, broker_and_spark, markdown_table
 from pipelines.config import Settings, load_settings
 from pipelines.demo_report import (
     FINAL_STATES,
@@ -55,7 +54,6 @@ from pipelines.io.kafka_admin import ensure_topics
 from pipelines.jobs.help import HelpJob, start_help
 from pipelines.jobs.resolver import ResolverJob, start_resolver
 from pipelines.simulator.run import paced_simulate_cmd
-from pipelines.spark import build_spark
 from pipelines.transforms.help import HELP_TOPICS
 
 SEGMENTS = ("request -> tag", "tag -> first action", "fixing action -> applied",
@@ -234,13 +232,7 @@ def run_resolve_bench(base: Settings, *, loads: list[int], duration_s: float, se
                   "shuffle_partitions": base.spark.shuffle_partitions,
                   "spark.master": base.spark.master})
     work = Path(tempfile.mkdtemp(prefix="bench-resolve-"))
-    env = {**os.environ, "LAKEHOUSE__BROKER__PORT": str(free_port()),
-           "LAKEHOUSE__BROKER__STORAGE": "memory://tansu/", "LAKEHOUSE__BROKER__EMBEDDED": "true",
-           "LAKEHOUSE_PROFILE": base.profile.value, "LAKEHOUSE_ROOT": str(work / "broker")}
-    broker = EmbeddedBroker(load_settings(None, environ=env), environ=env)
-    broker.start()
-    spark = build_spark(load_settings(None, environ=env), app_name="bench-resolve")
-    try:
+    with broker_and_spark(base, work, "bench-resolve") as (env, spark):
         for n in loads:
             try:
                 report.runs.append(_load_run(spark, env, work / f"load-{n}", n, duration_s,
@@ -248,9 +240,6 @@ def run_resolve_bench(base: Settings, *, loads: list[int], duration_s: float, se
             except Exception as exc:  # record what broke it and go on with the next load
                 report.notes.append(f"{n} lessons: failed: {exc!s:.300}")
                 console.print(f"[red]{report.notes[-1]}[/red]")
-    finally:
-        spark.stop()
-        broker.stop(kill=True)
     report.machine["load_after"] = repr(os.getloadavg())
     for table in render(report):
         console.print(table)
@@ -330,11 +319,6 @@ def render(report: ResolveBenchReport) -> list[Table]:
     return tables
 
 
-def _md(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
-            *("| " + " | ".join(row) + " |" for row in rows), ""]
-
-
 def append_markdown(report: ResolveBenchReport, output: Path, loads: list[int],
                     duration_s: float, seed: int) -> None:
     """Append this run as its own section (other benches append theirs to the same file)."""
@@ -346,12 +330,12 @@ def append_markdown(report: ResolveBenchReport, output: Path, loads: list[int],
              "", "Settings: " + ", ".join(f"{k} {v}" for k, v in report.settings.items()) + ".",
              "", f"Machine: {m['cpu']}, {m['nproc']} CPUs, {m['memory']}; load average before "
              f"{m['load']}, after {m.get('load_after', '?')}; {m['versions']}.", "",
-             *_md(OUTCOME_COLUMNS, outcome_rows(report)),
+             *markdown_table(OUTCOME_COLUMNS, outcome_rows(report)),
              "Where each RESOLVED_AUTO case's time went (seconds; a retry's wait between the "
              "first and the fixing action is in no column):", "",
-             *_md(SEGMENT_COLUMNS, segment_rows(report)),
+             *markdown_table(SEGMENT_COLUMNS, segment_rows(report)),
              "Median seconds per data batch, by Spark's trigger phases:", "",
-             *_md(PHASE_COLUMNS, phase_rows(report)),
+             *markdown_table(PHASE_COLUMNS, phase_rows(report)),
              *(f"- {note}" for note in report.notes)]
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("a") as fh:

@@ -79,7 +79,7 @@ def resolution_segments(truth: dict[str, dict], tags: list[dict], finals: list[d
         if row["state"] != "RESOLVED_AUTO" or t is None or tag is None:
             continue
         fixer = [a for a in t.get("actions", []) if a["action_id"] == t.get("fixed_by_action_id")]
-        if not fixer or not t.get("actions"):
+        if not fixer:
             continue
         requested, tagged = _ms(tag["request_time"]), _ms(tag["tagged_at"])
         first_issued = min(a["issued_at_ms"] for a in t["actions"])

@@ -151,7 +151,8 @@ class ResolverConfig(_Model):
     escalations_topic: str = "classroom.help.escalations"
     trigger_seconds: float = Field(1.0, ge=0)
     state_partitions: int = Field(1, ge=1)  # fixed by the checkpoint once the query ran
-    # Classrooms are hashed into this many state groups (fixed by the checkpoint too).
+    # Classrooms are hashed into this many state groups. Keep it while a checkpoint lives: a
+    # change moves classrooms away from their state, and Spark does not check it.
     key_buckets: int = Field(32, ge=1)
     max_records_per_trigger: int | None = Field(None, ge=1)  # default: kafka's cap
     # Request (broker time) -> a final state at the latest: ESCALATED when reached.

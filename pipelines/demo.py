@@ -138,22 +138,11 @@ def _start_jobs(spark: SparkSession, settings: Settings, jobs: _Jobs) -> None:
 
     def help_() -> Started:
         job = jobs.help_job = start_help(spark, settings, once=False)
-
-        def stop() -> None:
-            job.query.stop()
-            job.ticker.stop()
-            job.sink.close()
-
-        return job.query, stop
+        return job.query, job.stop
 
     def resolver() -> Started:
         job = jobs.resolver_job = start_resolver(spark, settings, once=False)
-
-        def stop() -> None:
-            job.query.stop()
-            job.sink.close()
-
-        return job.query, stop
+        return job.query, job.stop
 
     for name, starter in (("bronze", bronze), ("help", help_), ("resolver", resolver)):
         jobs.start(name, starter)

@@ -260,3 +260,17 @@ def test_bench_resolve_rows() -> None:
     phases = [dict(zip(PHASE_COLUMNS, row, strict=True)) for row in phase_rows(bench)]
     assert [(p["query"], p["addBatch"], p["walCommit"]) for p in phases] == [
         ("help", "-", "-"), ("resolver", "2.50", "-")]
+
+
+def test_progress_log_rate_counts_data_batches_only() -> None:
+    from pipelines.bench.help import ProgressLog
+
+    log = ProgressLog()
+    log.seen["help"] = {
+        0: {"batchId": 0, "numInputRows": 0, "durationMs": {"triggerExecution": 9000}},
+        1: {"batchId": 1, "numInputRows": 3000, "durationMs": {"triggerExecution": 1000}},
+        2: {"batchId": 2, "numInputRows": 1000, "durationMs": {"triggerExecution": 1000}}}
+    log.seen["idle"] = {0: {"batchId": 0, "numInputRows": 0, "durationMs": {}}}
+    assert [p["batchId"] for p in log.data_batches("help")] == [1, 2]
+    assert log.processed_rate("help") == 2000.0
+    assert log.processed_rate("idle") == 0.0

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from deltalake import DeltaTable
 from pyspark.sql import SparkSession
+from pyspark.sql.streaming import StreamingQuery
 from rich.console import Console
 from rich.table import Table
 
@@ -121,6 +122,39 @@ class HelpBenchReport:
     notes: list[str] = field(default_factory=list)
 
 
+class ProgressLog:
+    """Every progress event of the bench's queries (name -> query), kept by batch id:
+    `recentProgress` holds only the last hundred."""
+
+    def __init__(self, **queries: StreamingQuery) -> None:
+        self.queries = queries
+        self.seen: dict[str, dict[int, dict]] = {name: {} for name in queries}
+
+    def poll(self) -> None:
+        """Keep the new progress events; raise a query's failure."""
+        for name, query in self.queries.items():
+            for p in query.recentProgress:
+                self.seen[name].setdefault(p["batchId"], p)
+            if query.exception() is not None:
+                raise query.exception()
+
+    def wait_first(self) -> None:
+        """Until every query ran its first (empty) batch: planned, its Python workers up."""
+        while not all(self.seen.values()):
+            time.sleep(0.5)
+            self.poll()
+
+    def data_batches(self, name: str) -> list[dict]:
+        """The query's batches that read rows."""
+        return [p for p in self.seen[name].values() if p.get("numInputRows")]
+
+    def processed_rate(self, name: str) -> float:
+        """The query's input rows over its data batches' summed time (rows/s; 0 if none)."""
+        busy = self.data_batches(name)
+        busy_s = sum(p["durationMs"].get("triggerExecution", 0) for p in busy) / 1000
+        return sum(int(p["numInputRows"]) for p in busy) / busy_s if busy_s else 0.0
+
+
 def _truth(path: Path) -> dict[str, str]:
     return {h: t["cause"] for h, t in json.loads(path.read_text()).items()}
 
@@ -155,17 +189,9 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
     ensure_topics(settings.kafka.client_options(), settings.kafka_topic_configs())
     topics = [settings.kafka_topic(t) for t in HELP_TOPICS]
     job = start_help(spark, settings, once=False)
-    progress: dict[int, dict] = {}
-
-    def poll() -> None:
-        for p in job.query.recentProgress:
-            progress.setdefault(p["batchId"], p)
-        if job.query.exception() is not None:
-            raise job.query.exception()
-
-    while not progress:  # the first (empty) batch: plans, starts the Python workers
-        time.sleep(0.5)
-        poll()
+    watch = ProgressLog(help=job.query)
+    watch.wait_first()
+    progress = watch.seen["help"]
     truth_path = root / "truth.json"
     log = (root / "simulate.log").open("w")
     console.print(f"load: {classrooms} lessons x {duration_s:g} s at real time, engine {engine}")
@@ -174,7 +200,7 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
     t0, t0_wall = time.monotonic(), time.time()
     while sim.poll() is None:
         time.sleep(1)
-        poll()
+        watch.poll()
     sim_s = time.monotonic() - t0
     if sim.returncode != 0:
         raise RuntimeError(f"simulate failed ({sim.returncode}); see {root / 'simulate.log'}")
@@ -185,16 +211,12 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
     deadline = t_end + 120 + settings.help.window_before_s + settings.help.evidence_slack_s
     while job.sink.tags < len(truth) and time.monotonic() < deadline:
         time.sleep(1)
-        poll()
+        watch.poll()
         if lag is None and any(p["sources"] and caught_up(p["sources"][0].get("endOffset"), ends)
                                for p in progress.values()):
             lag = time.monotonic() - t_end
-    job.query.stop()
-    job.ticker.stop()
-    job.sink.close()
-    busy = [p for p in progress.values() if p.get("numInputRows")]
-    rows = sum(int(p["numInputRows"]) for p in busy)
-    busy_s = sum(p["durationMs"].get("triggerExecution", 0) for p in busy) / 1000
+    job.stop()
+    busy = watch.data_batches("help")
     state = max((sum(int(o.get("numRowsTotal") or 0) for o in p.get("stateOperators") or [])
                  for p in progress.values()), default=0)
     got = _tags(settings)
@@ -203,7 +225,7 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
         classrooms=classrooms, engine=engine, requests=len(truth), tags=len(got),
         accuracy=sum(got.get(h) == c for h, c in truth.items()) / max(len(truth), 1),
         latency=help_latency(spark, settings) if got else {},
-        offered_rate=offered, processed_rate=rows / busy_s if busy_s else 0.0,
+        offered_rate=offered, processed_rate=watch.processed_rate("help"),
         batch_ms=[int(p["durationMs"].get("triggerExecution", 0)) for p in busy],
         lag_at_end_s=lag, state_rows=state, state_rows_halves=halves,
         phases=batch_phases(list(progress.values()), job.sink.timings))

@@ -39,7 +39,13 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.bench.bronze import machine_info
-from pipelines.bench.help import SPARK_PHASES, batch_phases, broker_and_spark, markdown_table
+from pipelines.bench.help import (
+    SPARK_PHASES,
+    ProgressLog,
+    batch_phases,
+    broker_and_spark,
+    markdown_table,
+)
 from pipelines.config import Settings, load_settings
 from pipelines.demo_report import (
     FINAL_STATES,
@@ -51,8 +57,8 @@ from pipelines.demo_report import (
 )
 from pipelines.io.kafka import caught_up, kafka_end_offsets
 from pipelines.io.kafka_admin import ensure_topics
-from pipelines.jobs.help import HelpJob, start_help
-from pipelines.jobs.resolver import ResolverJob, start_resolver
+from pipelines.jobs.help import start_help
+from pipelines.jobs.resolver import start_resolver
 from pipelines.simulator.run import paced_simulate_cmd
 from pipelines.transforms.help import HELP_TOPICS
 
@@ -115,33 +121,6 @@ class ResolveBenchReport:
     notes: list[str] = field(default_factory=list)
 
 
-class _Progress:
-    """Every progress event of the bench's queries, kept by batch id (recentProgress holds
-    only the last hundred)."""
-
-    def __init__(self, **queries: Any) -> None:
-        self.queries = queries
-        self.seen: dict[str, dict[int, dict]] = {name: {} for name in queries}
-
-    def poll(self) -> None:
-        for name, query in self.queries.items():
-            for p in query.recentProgress:
-                self.seen[name].setdefault(p["batchId"], p)
-            if query.exception() is not None:
-                raise query.exception()
-
-    def data_batches(self, name: str) -> list[dict]:
-        return [p for p in self.seen[name].values() if p.get("numInputRows")]
-
-
-def _stop(help_job: HelpJob, resolver: ResolverJob) -> None:
-    for query in (help_job.query, resolver.query):
-        query.stop()
-    help_job.ticker.stop()
-    help_job.sink.close()
-    resolver.sink.close()
-
-
 def _rows(path: str, columns: list[str]) -> list[dict]:
     if not DeltaTable.is_deltatable(path):
         return []
@@ -159,11 +138,9 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
     ensure_topics(settings.kafka.client_options(), settings.kafka_topic_configs())
     help_job = start_help(spark, settings, once=False)
     resolver = start_resolver(spark, settings, once=False)
-    progress = _Progress(help=help_job.query, resolver=resolver.query)
+    progress = ProgressLog(help=help_job.query, resolver=resolver.query)
     try:
-        while not all(progress.seen.values()):  # first batches: plans, Python workers
-            time.sleep(0.5)
-            progress.poll()
+        progress.wait_first()
         truth_path = root / "truth.json"
         console.print(f"load: {classrooms} lessons x {duration_s:g} s at real time, help and "
                       "resolver jobs, closed loop")
@@ -178,7 +155,7 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
         if sim.returncode != 0:
             raise RuntimeError(f"simulate failed ({sim.returncode}); see {root / 'simulate.log'}")
         ends = kafka_end_offsets(settings, [settings.kafka_topic(t) for t in HELP_TOPICS])
-        requests = len(json.loads(truth_path.read_text()))
+        truth = json.loads(truth_path.read_text())
         t_end, drain_s = time.monotonic(), None
         deadline = t_end + settings.resolver.total_timeout_s + 120
         tags_topic = [settings.kafka_topic(settings.help.tags_topic)]
@@ -186,13 +163,14 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
             time.sleep(1)
             progress.poll()
             last = max(progress.seen["resolver"].values(), key=lambda p: p["batchId"])
-            if (help_job.sink.tagged_ids >= requests and not resolver.sink.open_cases
+            if (help_job.sink.tagged_ids >= len(truth) and not resolver.sink.open_cases
                     and any(caught_up(s.get("endOffset"), kafka_end_offsets(settings, tags_topic))
                             for s in last["sources"])):
                 drain_s = time.monotonic() - t_end
                 break
     finally:
-        _stop(help_job, resolver)
+        help_job.stop()
+        resolver.stop()
     report = collect_report(spark, settings, truth_path=truth_path,
                             produced=sum(o for parts in ends.values() for o in parts.values()),
                             classrooms=classrooms, duration_s=duration_s, seed=seed,
@@ -201,14 +179,11 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
                                ["help_id", "state", "transition_time"])
               if r["state"] in FINAL_STATES]
     tags = _rows(settings.table_path(TAGS_TABLE), ["help_id", "request_time", "tagged_at"])
-    help_batches = progress.data_batches("help")
-    help_busy_s = sum(p["durationMs"].get("triggerExecution", 0) for p in help_batches) / 1000
     return ResolveRun(
         classrooms=classrooms, report=report,
-        segments=resolution_segments(json.loads(truth_path.read_text()), tags, finals),
+        segments=resolution_segments(truth, tags, finals),
         offered_rate=report.produced / sim_s,
-        help_processed_rate=(sum(int(p["numInputRows"]) for p in help_batches) / help_busy_s
-                             if help_busy_s else 0.0),
+        help_processed_rate=progress.processed_rate("help"),
         batch_s={name: [p["durationMs"].get("triggerExecution", 0) / 1000
                         for p in progress.data_batches(name)] for name in progress.seen},
         drain_s=drain_s,

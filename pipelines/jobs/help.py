@@ -104,6 +104,12 @@ class HelpJob:
     flush_horizon_ms: int  # ... wait for the watermark to pass the newest record + this
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
+    def stop(self) -> None:
+        """Stop the query and its ticker; close the sink's Kafka producer."""
+        self.query.stop()
+        self.ticker.stop()
+        self.sink.close()
+
 
 def start_help(spark: SparkSession, settings: Settings, *, once: bool) -> HelpJob:
     """Start the help query (and its ticker) on an existing session (CLI, bench, tests)."""

@@ -65,6 +65,11 @@ class ResolverJob:
     sink: ResolverSink
     until_offsets: dict[str, dict[str, int]] | None  # `--once`: the tags there at the start
 
+    def stop(self) -> None:
+        """Stop the query; close the sink's Kafka producer."""
+        self.query.stop()
+        self.sink.close()
+
 
 def _topics_to_create(settings: Settings) -> dict[str, int]:
     names = {t.name: t.partitions for t in settings.topics}

@@ -227,6 +227,9 @@ def bench_resolve(
     ] = None,
     duration: Annotated[float, typer.Option(min=30, help="Seconds of each load run.")] = 120,
     seed: Annotated[int, typer.Option()] = 7,
+    warmup: Annotated[bool, typer.Option(
+        help="First run the first load once, unreported, so the JVM's JIT warm-up is not "
+             "measured.")] = True,
     output: Annotated[Path, typer.Option(help="Markdown file to append results to.")] = Path(
         "docs/BENCHMARKS.md"),
 ) -> None:
@@ -234,7 +237,7 @@ def bench_resolve(
     from pipelines.bench.resolve import run_resolve_bench
 
     run_resolve_bench(settings(), loads=classrooms or [200], duration_s=duration, seed=seed,
-                      output=output, console=console)
+                      output=output, console=console, warmup=warmup)
 
 
 @bench_app.command("silver")

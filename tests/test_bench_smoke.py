@@ -262,6 +262,21 @@ def test_bench_resolve_rows() -> None:
         ("help", "-", "-"), ("resolver", "2.50", "-")]
 
 
+def test_bench_resolve_markdown_names_the_command_that_reproduces_it(tmp_path: Path) -> None:
+    from pipelines.bench.resolve import ResolveBenchReport, append_markdown
+
+    machine = {"cpu": "cpu", "nproc": "2", "memory": "1 GiB", "load": "0", "versions": "v"}
+    out = tmp_path / "bench.md"
+    append_markdown(ResolveBenchReport("t1", machine, {"warm-up": "none"}), out, [1000, 1000],
+                    90, 7, warmup=False)
+    append_markdown(ResolveBenchReport("t2", machine, {}), out, [500], 120, 3)
+    text = out.read_text()
+    assert ("`lakehouse bench resolve --classrooms 1000 --classrooms 1000 --duration 90 "
+            "--seed 7 --no-warmup`") in text
+    assert "`lakehouse bench resolve --classrooms 500 --duration 120 --seed 3`" in text
+    assert "warm-up none" in text and text.count("## bench resolve, ") == 2
+
+
 def test_progress_log_rate_counts_data_batches_only() -> None:
     from pipelines.bench.help import ProgressLog
 

@@ -184,7 +184,7 @@ def _accuracy_run(spark: SparkSession, settings: Settings, classrooms: int, seed
 def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: int,
               duration_s: float, seed: int, engine: str, console: Console) -> LoadRun:
     env = {**env, "LAKEHOUSE_ROOT": str(root), "LAKEHOUSE__HELP__ENGINE": engine,
-           "LAKEHOUSE__KAFKA__TOPIC_PREFIX": f"load{classrooms}{engine}."}
+           "LAKEHOUSE__KAFKA__TOPIC_PREFIX": f"{root.name}."}
     settings = load_settings(None, environ=env)
     ensure_topics(settings.kafka.client_options(), settings.kafka_topic_configs())
     topics = [settings.kafka_topic(t) for t in HELP_TOPICS]
@@ -293,9 +293,9 @@ def run_help_bench(base: Settings, *, loads: list[int], duration_s: float,
         runs = [(n, cfg.engine.value) for n in loads]
         if with_join:
             runs.append((loads[0], "join"))
-        for n, engine in runs:
+        for i, (n, engine) in enumerate(runs, 1):  # own root and topics, even if n repeats
             try:
-                report.loads.append(_load_run(spark, env, work / f"load-{n}-{engine}", n,
+                report.loads.append(_load_run(spark, env, work / f"run{i}-{n}-{engine}", n,
                                               duration_s, seed, engine, console))
             except Exception as exc:  # record what broke it and go on with the next load
                 report.notes.append(f"{n} lessons ({engine}): failed: {exc!s:.300}")

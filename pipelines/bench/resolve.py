@@ -5,6 +5,8 @@ beside them on this machine, the simulator's reaction delay counted. For each le
 on a broker of its own: both jobs run continuously while `lakehouse simulate` (a child process
 that reads classroom.help.actions and reacts after its seeded reaction delay) paces N lessons at
 real time for `duration_s`; then both run until every request is final (or the drain timeout).
+By default the first load runs once more before, unreported, so that the JVM's JIT warm-up
+falls outside the measured runs (`run_resolve_bench`).
 
 Everything is read back from the run's outputs (pipelines.demo_report): gold.help_tags,
 gold.help_resolutions and the simulator's ground truth. Reported: outcomes, fixable faults
@@ -132,7 +134,7 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
     base = load_settings(None, environ=env)
     quiet_end_s = min(base.demo.help_latest_before_end_s, duration_s / 3)
     env = {**env, "LAKEHOUSE_ROOT": str(root),
-           "LAKEHOUSE__KAFKA__TOPIC_PREFIX": f"resolve{classrooms}.",
+           "LAKEHOUSE__KAFKA__TOPIC_PREFIX": f"{root.name}.",
            "LAKEHOUSE__SIMULATOR__HELP_LATEST_BEFORE_END_S": str(quiet_end_s)}
     settings = load_settings(None, environ=env)
     ensure_topics(settings.kafka.client_options(), settings.kafka_topic_configs())
@@ -192,8 +194,15 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
 
 
 def run_resolve_bench(base: Settings, *, loads: list[int], duration_s: float, seed: int,
-                      output: Path | None, console: Console) -> ResolveBenchReport:
-    """Run each load on a broker of its own; print the results; append them to `output`."""
+                      output: Path | None, console: Console, warmup: bool = True
+                      ) -> ResolveBenchReport:
+    """Run each load on a broker of its own; print the results; append them to `output`.
+
+    `warmup`: first run the first load once, unreported, on the same Spark session. In a
+    fresh JVM the JIT compiler spends minutes compiling Spark's own code (planner, codegen,
+    state server), about a core's worth on two cores; a run right after start measures that
+    warm-up, not the sustained load the issue asks about (docs/BENCHMARKS.md, 2026-11-27).
+    """
     r, h = base.resolver, base.help
     report = ResolveBenchReport(
         started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -205,12 +214,21 @@ def run_resolve_bench(base: Settings, *, loads: list[int], duration_s: float, se
                   "reaction delay": f"{base.simulator.fault_model.reaction_delay_s.min:g}-"
                                     f"{base.simulator.fault_model.reaction_delay_s.max:g} s",
                   "shuffle_partitions": base.spark.shuffle_partitions,
-                  "spark.master": base.spark.master})
+                  "spark.master": base.spark.master,
+                  "warm-up": (f"{loads[0]:,} lessons x {duration_s:g} s, unreported"
+                              if warmup else "none")})
     work = Path(tempfile.mkdtemp(prefix="bench-resolve-"))
     with broker_and_spark(base, work, "bench-resolve") as (env, spark):
-        for n in loads:
+        if warmup:
+            console.print("[dim]warm-up run (not reported)[/dim]")
             try:
-                report.runs.append(_load_run(spark, env, work / f"load-{n}", n, duration_s,
+                _load_run(spark, env, work / f"warmup-{loads[0]}", loads[0], duration_s, seed,
+                          console)
+            except Exception as exc:
+                report.notes.append(f"warm-up failed: {exc!s:.300}")
+        for i, n in enumerate(loads, 1):  # a run's own root and topics, even if n repeats
+            try:
+                report.runs.append(_load_run(spark, env, work / f"run{i}-{n}", n, duration_s,
                                              seed, console))
             except Exception as exc:  # record what broke it and go on with the next load
                 report.notes.append(f"{n} lessons: failed: {exc!s:.300}")
@@ -219,7 +237,7 @@ def run_resolve_bench(base: Settings, *, loads: list[int], duration_s: float, se
     for table in render(report):
         console.print(table)
     if output is not None:
-        append_markdown(report, output, loads, duration_s, seed)
+        append_markdown(report, output, loads, duration_s, seed, warmup)
     return report
 
 
@@ -295,10 +313,10 @@ def render(report: ResolveBenchReport) -> list[Table]:
 
 
 def append_markdown(report: ResolveBenchReport, output: Path, loads: list[int],
-                    duration_s: float, seed: int) -> None:
+                    duration_s: float, seed: int, warmup: bool = True) -> None:
     """Append this run as its own section (other benches append theirs to the same file)."""
     command = (f"lakehouse bench resolve {' '.join(f'--classrooms {n}' for n in loads)} "
-               f"--duration {duration_s:g} --seed {seed}")
+               f"--duration {duration_s:g} --seed {seed}{'' if warmup else ' --no-warmup'}")
     m = report.machine
     lines = [f"## bench resolve, {report.started_at}", "",
              f"Command: `{command}`. Method: module docstring of `pipelines/bench/resolve.py`.",

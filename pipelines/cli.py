@@ -199,6 +199,10 @@ def bench_bronze(
     run_bronze_bench(settings(), events=events, output=output, console=console)
 
 
+WARMUP_HELP = ("First run the first load once, unreported, so that the fresh JVM's JIT "
+               "warm-up is not measured.")
+
+
 @bench_app.command("help")
 def bench_help(
     classrooms: Annotated[list[int] | None, typer.Option(
@@ -209,6 +213,7 @@ def bench_help(
     seed: Annotated[int, typer.Option()] = 7,
     join: Annotated[bool, typer.Option(
         "--join", help="Also run the stream-stream join variant at the first load.")] = False,
+    warmup: Annotated[bool, typer.Option(help=WARMUP_HELP)] = True,
     output: Annotated[Path, typer.Option(help="Markdown file to append results to.")] = Path(
         "docs/BENCHMARKS.md"),
 ) -> None:
@@ -217,7 +222,7 @@ def bench_help(
 
     run_help_bench(settings(), loads=classrooms or [50], duration_s=duration,
                    accuracy_classrooms=accuracy_classrooms, seed=seed, with_join=join,
-                   output=output, console=console)
+                   output=output, console=console, warmup=warmup)
 
 
 @bench_app.command("resolve")
@@ -227,9 +232,7 @@ def bench_resolve(
     ] = None,
     duration: Annotated[float, typer.Option(min=30, help="Seconds of each load run.")] = 120,
     seed: Annotated[int, typer.Option()] = 7,
-    warmup: Annotated[bool, typer.Option(
-        help="First run the first load once, unreported, so the JVM's JIT warm-up is not "
-             "measured.")] = True,
+    warmup: Annotated[bool, typer.Option(help=WARMUP_HELP)] = True,
     output: Annotated[Path, typer.Option(help="Markdown file to append results to.")] = Path(
         "docs/BENCHMARKS.md"),
 ) -> None:

@@ -277,6 +277,21 @@ def test_bench_resolve_markdown_names_the_command_that_reproduces_it(tmp_path: P
     assert "warm-up none" in text and text.count("## bench resolve, ") == 2
 
 
+def test_bench_help_markdown_names_the_command_that_reproduces_it(tmp_path: Path) -> None:
+    from pipelines.bench.help import HelpBenchReport, append_markdown
+
+    machine = {"cpu": "cpu", "nproc": "2", "memory": "1 GiB", "load": "0", "versions": "v"}
+    out = tmp_path / "bench.md"
+    append_markdown(HelpBenchReport("t1", machine, {}), out, [2000], 60, 0, 7, False,
+                    warmup=False)
+    append_markdown(HelpBenchReport("t2", machine, {}), out, [500], 90, 40, 3, True)
+    text = out.read_text()
+    assert ("`lakehouse bench help --classrooms 2000 --duration 60 --accuracy-classrooms 0 "
+            "--seed 7 --no-warmup`") in text
+    assert ("`lakehouse bench help --classrooms 500 --duration 90 --accuracy-classrooms 40 "
+            "--seed 3 --join`") in text
+
+
 def test_progress_log_rate_counts_data_batches_only() -> None:
     from pipelines.bench.help import ProgressLog
 

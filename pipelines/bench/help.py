@@ -5,7 +5,9 @@ One broker of its own (memory storage, a free port) and one Spark session for ev
 1. accuracy: a seeded simulation produced as fast as possible, then `run help --once`; the
    primary tag of every request against the simulator's ground truth (confusion matrix,
    precision and recall per tag);
-2. load, for each lesson count N: the help job runs continuously while `lakehouse simulate`
+2. warm-up (unless `--no-warmup`): the first load once, unreported, so the load runs do not
+   measure the fresh JVM's JIT compiling Spark's code;
+3. load, for each lesson count N: the help job runs continuously while `lakehouse simulate`
    (a child process) paces N lessons at real time (`--rate-multiplier 1`) for `duration_s`;
    then the job runs until every request is tagged. Latency is gold.help_tags' request ->
    tag-on-Kafka time (p50/p95/p99 from the request's event time, and split by tags decided
@@ -13,7 +15,7 @@ One broker of its own (memory storage, a free port) and one Spark session for ev
    *offered* is what the simulator produced per second, *processed* the job's input rows over
    its summed batch time, *lag at end* how long after the simulator stopped the job had read
    everything it produced.
-3. optionally (`--join`) the first load again with `help.engine: join`.
+4. optionally (`--join`) the first load again with `help.engine: join`.
 
 Help share is 0.5 in every run so a short run has enough requests to rank latencies.
 """
@@ -269,8 +271,12 @@ def broker_and_spark(base: Settings, work: Path, app_name: str, **env_overrides:
 
 def run_help_bench(base: Settings, *, loads: list[int], duration_s: float,
                    accuracy_classrooms: int, seed: int, with_join: bool, output: Path | None,
-                   console: Console) -> HelpBenchReport:
-    """Run the stages on a broker of its own; print the results; append them to `output`."""
+                   console: Console, warmup: bool = True) -> HelpBenchReport:
+    """Run the stages on a broker of its own; print the results; append them to `output`.
+
+    `warmup`: before the load runs, run the first load once, unreported, so that the fresh
+    JVM's JIT warm-up is not measured (as `bench resolve` does; docs/BENCHMARKS.md).
+    """
     cfg = base.help
     report = HelpBenchReport(
         started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -281,7 +287,9 @@ def run_help_bench(base: Settings, *, loads: list[int], duration_s: float,
                   "tick_interval_s": cfg.tick_interval_s,
                   "early_tags": ", ".join(cfg.early_tags) or "none",
                   "shuffle_partitions": base.spark.shuffle_partitions,
-                  "spark.master": base.spark.master})
+                  "spark.master": base.spark.master,
+                  "warm-up": (f"{loads[0]:,} lessons x {duration_s:g} s, unreported"
+                              if warmup else "none")})
     work = Path(tempfile.mkdtemp(prefix="bench-help-"))
     with broker_and_spark(base, work, "bench-help",
                           LAKEHOUSE__SIMULATOR__HELP_SHARE="0.5") as (env, spark):
@@ -290,6 +298,13 @@ def run_help_bench(base: Settings, *, loads: list[int], duration_s: float,
                        "LAKEHOUSE__KAFKA__TOPIC_PREFIX": "accuracy."}
             report.accuracy = _accuracy_run(spark, load_settings(None, environ=acc_env),
                                             accuracy_classrooms, seed, console)
+        if warmup:
+            console.print("[dim]warm-up run (not reported)[/dim]")
+            try:
+                _load_run(spark, env, work / f"warmup-{loads[0]}", loads[0], duration_s, seed,
+                          cfg.engine.value, console)
+            except Exception as exc:
+                report.notes.append(f"warm-up failed: {exc!s:.300}")
         runs = [(n, cfg.engine.value) for n in loads]
         if with_join:
             runs.append((loads[0], "join"))
@@ -304,7 +319,8 @@ def run_help_bench(base: Settings, *, loads: list[int], duration_s: float,
     for table in render(report):
         console.print(table)
     if output is not None:
-        append_markdown(report, output, loads, duration_s, accuracy_classrooms, seed, with_join)
+        append_markdown(report, output, loads, duration_s, accuracy_classrooms, seed, with_join,
+                        warmup)
     return report
 
 
@@ -398,11 +414,13 @@ def markdown_table(columns: list[str] | tuple[str, ...], rows: list[tuple[str, .
 
 
 def append_markdown(report: HelpBenchReport, output: Path, loads: list[int], duration_s: float,
-                    accuracy_classrooms: int, seed: int, with_join: bool) -> None:
+                    accuracy_classrooms: int, seed: int, with_join: bool,
+                    warmup: bool = True) -> None:
     """Append this run as its own section (other benches append theirs to the same file)."""
     command = (f"lakehouse bench help {' '.join(f'--classrooms {n}' for n in loads)} "
                f"--duration {duration_s:g} --accuracy-classrooms {accuracy_classrooms} "
-               f"--seed {seed}{' --join' if with_join else ''}")
+               f"--seed {seed}{' --join' if with_join else ''}"
+               f"{'' if warmup else ' --no-warmup'}")
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
                    if k.startswith("LAKEHOUSE__HELP__") or k == "LAKEHOUSE__SPARK__MASTER")
     m = report.machine

@@ -304,3 +304,23 @@ def test_progress_log_rate_counts_data_batches_only() -> None:
     assert [p["batchId"] for p in log.data_batches("help")] == [1, 2]
     assert log.processed_rate("help") == 2000.0
     assert log.processed_rate("idle") == 0.0
+
+
+def test_warm_up_keeps_nothing_but_a_failure_note() -> None:
+    from rich.console import Console
+
+    from pipelines.bench.help import warm_up, warmup_setting
+
+    notes: list[str] = []
+    ran: list[int] = []
+    console = Console(file=io.StringIO())
+    warm_up(lambda: ran.append(1), notes, console)
+    assert ran == [1] and notes == []
+
+    def broken() -> None:
+        raise RuntimeError("simulate failed (1)")
+
+    warm_up(broken, notes, console)
+    assert notes == ["warm-up failed: simulate failed (1)"]
+    assert warmup_setting([2000, 4000], 120, True) == "2,000 lessons x 120 s, unreported"
+    assert warmup_setting([2000], 120, False) == "none"

@@ -32,7 +32,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -269,13 +269,32 @@ def broker_and_spark(base: Settings, work: Path, app_name: str, **env_overrides:
         broker.stop(kill=True)
 
 
+def warm_up(run: Callable[[], object], notes: list[str], console: Console) -> None:
+    """Run one load before the measured ones and keep nothing of it but a failure note.
+
+    A fresh JVM spends its first minutes JIT-compiling Spark's own code (planner, analyzer,
+    janino, py4j): about half a core on two cores, so a load run right after start measures that
+    warm-up, not the sustained load (docs/BENCHMARKS.md, 2026-11-27).
+    """
+    console.print("[dim]warm-up run (not reported)[/dim]")
+    try:
+        run()
+    except Exception as exc:  # the measured runs may still work: note it and go on
+        notes.append(f"warm-up failed: {exc!s:.300}")
+        console.print(f"[red]{notes[-1]}[/red]")
+
+
+def warmup_setting(loads: list[int], duration_s: float, warmup: bool) -> str:
+    """The warm-up as the report's settings line states it."""
+    return f"{loads[0]:,} lessons x {duration_s:g} s, unreported" if warmup else "none"
+
+
 def run_help_bench(base: Settings, *, loads: list[int], duration_s: float,
                    accuracy_classrooms: int, seed: int, with_join: bool, output: Path | None,
                    console: Console, warmup: bool = True) -> HelpBenchReport:
     """Run the stages on a broker of its own; print the results; append them to `output`.
 
-    `warmup`: before the load runs, run the first load once, unreported, so that the fresh
-    JVM's JIT warm-up is not measured (as `bench resolve` does; docs/BENCHMARKS.md).
+    `warmup`: before the load runs, run the first load once, unreported (`warm_up`).
     """
     cfg = base.help
     report = HelpBenchReport(
@@ -288,8 +307,7 @@ def run_help_bench(base: Settings, *, loads: list[int], duration_s: float,
                   "early_tags": ", ".join(cfg.early_tags) or "none",
                   "shuffle_partitions": base.spark.shuffle_partitions,
                   "spark.master": base.spark.master,
-                  "warm-up": (f"{loads[0]:,} lessons x {duration_s:g} s, unreported"
-                              if warmup else "none")})
+                  "warm-up": warmup_setting(loads, duration_s, warmup)})
     work = Path(tempfile.mkdtemp(prefix="bench-help-"))
     with broker_and_spark(base, work, "bench-help",
                           LAKEHOUSE__SIMULATOR__HELP_SHARE="0.5") as (env, spark):
@@ -299,12 +317,9 @@ def run_help_bench(base: Settings, *, loads: list[int], duration_s: float,
             report.accuracy = _accuracy_run(spark, load_settings(None, environ=acc_env),
                                             accuracy_classrooms, seed, console)
         if warmup:
-            console.print("[dim]warm-up run (not reported)[/dim]")
-            try:
-                _load_run(spark, env, work / f"warmup-{loads[0]}", loads[0], duration_s, seed,
-                          cfg.engine.value, console)
-            except Exception as exc:
-                report.notes.append(f"warm-up failed: {exc!s:.300}")
+            warm_up(lambda: _load_run(spark, env, work / f"warmup-{loads[0]}", loads[0],
+                                      duration_s, seed, cfg.engine.value, console),
+                    report.notes, console)
         runs = [(n, cfg.engine.value) for n in loads]
         if with_join:
             runs.append((loads[0], "join"))

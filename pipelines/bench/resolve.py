@@ -47,6 +47,8 @@ from pipelines.bench.help import (
     batch_phases,
     broker_and_spark,
     markdown_table,
+    warm_up,
+    warmup_setting,
 )
 from pipelines.config import Settings, load_settings
 from pipelines.demo_report import (
@@ -198,10 +200,8 @@ def run_resolve_bench(base: Settings, *, loads: list[int], duration_s: float, se
                       ) -> ResolveBenchReport:
     """Run each load on a broker of its own; print the results; append them to `output`.
 
-    `warmup`: first run the first load once, unreported, on the same Spark session. In a
-    fresh JVM the JIT compiler spends minutes compiling Spark's own code (planner, codegen,
-    state server), about a core's worth on two cores; a run right after start measures that
-    warm-up, not the sustained load the issue asks about (docs/BENCHMARKS.md, 2026-11-27).
+    `warmup`: first run the first load once, unreported, on the same Spark session
+    (`pipelines.bench.help.warm_up` says why).
     """
     r, h = base.resolver, base.help
     report = ResolveBenchReport(
@@ -215,17 +215,12 @@ def run_resolve_bench(base: Settings, *, loads: list[int], duration_s: float, se
                                     f"{base.simulator.fault_model.reaction_delay_s.max:g} s",
                   "shuffle_partitions": base.spark.shuffle_partitions,
                   "spark.master": base.spark.master,
-                  "warm-up": (f"{loads[0]:,} lessons x {duration_s:g} s, unreported"
-                              if warmup else "none")})
+                  "warm-up": warmup_setting(loads, duration_s, warmup)})
     work = Path(tempfile.mkdtemp(prefix="bench-resolve-"))
     with broker_and_spark(base, work, "bench-resolve") as (env, spark):
         if warmup:
-            console.print("[dim]warm-up run (not reported)[/dim]")
-            try:
-                _load_run(spark, env, work / f"warmup-{loads[0]}", loads[0], duration_s, seed,
-                          console)
-            except Exception as exc:
-                report.notes.append(f"warm-up failed: {exc!s:.300}")
+            warm_up(lambda: _load_run(spark, env, work / f"warmup-{loads[0]}", loads[0],
+                                      duration_s, seed, console), report.notes, console)
         for i, n in enumerate(loads, 1):  # a run's own root and topics, even if n repeats
             try:
                 report.runs.append(_load_run(spark, env, work / f"run{i}-{n}", n, duration_s,

@@ -218,12 +218,15 @@ def test_bench_resolve_splits_each_auto_resolution_into_its_segments() -> None:
 
 
 def test_bench_resolve_rows() -> None:
+    from pipelines.bench.memory import CpuSpan
     from pipelines.bench.resolve import (
         OUTCOME_COLUMNS,
         PHASE_COLUMNS,
+        RUN_CPU_COLUMNS,
         SEGMENT_COLUMNS,
         ResolveBenchReport,
         ResolveRun,
+        cpu_rows,
         outcome_rows,
         phase_rows,
         segment_rows,
@@ -243,7 +246,8 @@ def test_bench_resolve_rows() -> None:
                                "applied -> RESOLVED_AUTO": [3.0, 5.0]},
                      offered_rate=5000.0, help_processed_rate=4500.0,
                      batch_s={"help": [1.0, 2.0, 6.0], "resolver": []}, drain_s=None,
-                     phases={"resolver": {"addBatch": 2.5}, "help": {}})
+                     phases={"resolver": {"addBatch": 2.5}, "help": {}},
+                     cpu=CpuSpan(100.0, {"simulator": 50.0, "broker": 20.0, "driver": 10.0}))
     bench = ResolveBenchReport("now", {}, {}, runs=[run])
     row = dict(zip(OUTCOME_COLUMNS, outcome_rows(bench)[0], strict=True))
     assert row["auto / self / escalated / open"] == "2 / 0 / 1 / 1"
@@ -260,6 +264,11 @@ def test_bench_resolve_rows() -> None:
     phases = [dict(zip(PHASE_COLUMNS, row, strict=True)) for row in phase_rows(bench)]
     assert [(p["query"], p["addBatch"], p["walCommit"]) for p in phases] == [
         ("help", "-", "-"), ("resolver", "2.50", "-")]
+    cpu = dict(zip(RUN_CPU_COLUMNS, cpu_rows(bench)[0], strict=True))
+    assert (cpu["wall s"], cpu["simulator"], cpu["broker"], cpu["JVM: GC"]) == (
+        "100", "0.50", "0.20", "0.00")
+    assert cpu["all"] == "0.80"
+    assert cpu["CPU s per 1,000 events"] == "0.13"  # 80 CPU s over 600,000 events
 
 
 def test_bench_resolve_markdown_names_the_command_that_reproduces_it(tmp_path: Path) -> None:
@@ -324,3 +333,20 @@ def test_warm_up_keeps_nothing_but_a_failure_note() -> None:
     assert notes == ["warm-up failed: simulate failed (1)"]
     assert warmup_setting([2000, 4000], 120, True) == "2,000 lessons x 120 s, unreported"
     assert warmup_setting([2000], 120, False) == "none"
+
+
+def test_cpu_meter_counts_the_reaped_simulator_process() -> None:
+    """A child that burns CPU and is reaped between start and stop is the `simulator` share."""
+    import subprocess
+    import sys
+
+    from pipelines.bench.memory import CPU_SHARES, CpuMeter
+
+    meter = CpuMeter()
+    meter.start()
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    span = meter.stop()
+    assert set(span.cpu) == set(CPU_SHARES)
+    assert 0.5 <= span.cpu["simulator"] < span.wall_s + 0.5
+    assert span.cores() >= span.cores("simulator") > 0

@@ -43,6 +43,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.bench.bronze import machine_info
+from pipelines.bench.memory import CPU_COLUMNS, CpuMeter, CpuSpan, cpu_cells
 from pipelines.broker import EmbeddedBroker, free_port
 from pipelines.config import HELP_TAGS, NO_ISSUE_TAG, Settings, load_settings
 from pipelines.io.kafka import caught_up, kafka_end_offsets
@@ -90,6 +91,8 @@ class LoadRun:
     # Where a data batch's time goes, median seconds: Spark's phases of the trigger (durationMs)
     # and, inside addBatch, the tag sink's (compute = the rules job and collect, kafka, delta).
     phases: dict[str, float] = field(default_factory=dict)
+    events: int = 0  # produced on the five topics during the run
+    cpu: CpuSpan | None = None  # simulator start -> every request tagged (or the timeout)
 
 
 SPARK_PHASES = ("latestOffset", "queryPlanning", "addBatch", "walCommit", "commitOffsets",
@@ -197,6 +200,8 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
     truth_path = root / "truth.json"
     log = (root / "simulate.log").open("w")
     console.print(f"load: {classrooms} lessons x {duration_s:g} s at real time, engine {engine}")
+    meter = CpuMeter()
+    meter.start()
     sim = subprocess.Popen(paced_simulate_cmd(classrooms, duration_s, seed, truth_path), env=env,
                            stdout=log, stderr=subprocess.STDOUT)
     t0, t0_wall = time.monotonic(), time.time()
@@ -207,7 +212,7 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
     if sim.returncode != 0:
         raise RuntimeError(f"simulate failed ({sim.returncode}); see {root / 'simulate.log'}")
     ends = kafka_end_offsets(settings, topics)
-    offered = sum(o for parts in ends.values() for o in parts.values()) / sim_s
+    events = sum(o for parts in ends.values() for o in parts.values())
     truth = _truth(truth_path)
     t_end, lag = time.monotonic(), None
     deadline = t_end + 120 + settings.help.window_before_s + settings.help.evidence_slack_s
@@ -217,6 +222,7 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
         if lag is None and any(p["sources"] and caught_up(p["sources"][0].get("endOffset"), ends)
                                for p in progress.values()):
             lag = time.monotonic() - t_end
+    cpu = meter.stop()
     job.stop()
     busy = watch.data_batches("help")
     state = max((sum(int(o.get("numRowsTotal") or 0) for o in p.get("stateOperators") or [])
@@ -227,10 +233,10 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
         classrooms=classrooms, engine=engine, requests=len(truth), tags=len(got),
         accuracy=sum(got.get(h) == c for h, c in truth.items()) / max(len(truth), 1),
         latency=help_latency(spark, settings) if got else {},
-        offered_rate=offered, processed_rate=watch.processed_rate("help"),
+        offered_rate=events / sim_s, processed_rate=watch.processed_rate("help"),
         batch_ms=[int(p["durationMs"].get("triggerExecution", 0)) for p in busy],
         lag_at_end_s=lag, state_rows=state, state_rows_halves=halves,
-        phases=batch_phases(list(progress.values()), job.sink.timings))
+        phases=batch_phases(list(progress.values()), job.sink.timings), events=events, cpu=cpu)
 
 
 def _state_halves(progress: dict[int, dict], *, sim_start: float, sim_end: float
@@ -387,6 +393,13 @@ def confusion_rows(report: HelpBenchReport) -> tuple[list[str], list[tuple[str, 
     return ["cause \\ primary tag", *predicted, "precision", "recall"], rows
 
 
+LOAD_CPU_COLUMNS = ("lessons", "engine", *CPU_COLUMNS)
+
+
+def cpu_rows(report: HelpBenchReport) -> list[tuple[str, ...]]:
+    return [(f"{r.classrooms:,}", r.engine, *cpu_cells(r.cpu, r.events)) for r in report.loads]
+
+
 def render(report: HelpBenchReport) -> list[Table]:
     tables = []
     if report.accuracy is not None:
@@ -411,6 +424,13 @@ def render(report: HelpBenchReport) -> list[Table]:
         for row in phase_rows:
             table.add_row(*row)
         tables.append(table)
+    table = Table(title="bench help: CPU by process, average cores busy (simulator start -> "
+                        "last tag)")
+    for c in LOAD_CPU_COLUMNS:
+        table.add_column(c, justify="right")
+    for row in cpu_rows(report):
+        table.add_row(*row)
+    tables.append(table)
     return tables
 
 
@@ -456,6 +476,9 @@ def append_markdown(report: HelpBenchReport, output: Path, loads: list[int], dur
         lines += ["Median seconds per data batch, by phase (Spark's trigger phases; the tag "
                   "sink's phases run inside addBatch):", "",
                   *markdown_table(phase_columns, phase_rows)]
+    lines += ["CPU by process from the simulator's start until every request was tagged, as "
+              f"average cores busy (the machine has {m['nproc']}); the driver column includes "
+              "the bench's own polling:", "", *markdown_table(LOAD_CPU_COLUMNS, cpu_rows(report))]
     lines += [f"- {note}" for note in report.notes]
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("a") as fh:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -119,6 +121,87 @@ def jvm_thread_cpu() -> dict[str, float]:
             group = "other"
         out[group] += seconds
     return out
+
+
+def broker_process() -> psutil.Process | None:
+    """The embedded broker (tansu) this interpreter started, if it is our descendant."""
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if child.name().startswith("tansu"):
+                    return child
+    return None
+
+
+CPU_SHARES = ("simulator", "broker", "JVM: executor tasks", "JVM: JIT compilers", "JVM: GC",
+              "JVM: other", "python workers", "other python", "driver")
+
+
+@dataclass
+class CpuSpan:
+    """CPU seconds by share (`CPU_SHARES`) over `wall_s` seconds of a load run."""
+
+    wall_s: float
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return sum(self.cpu.values())
+
+    def cores(self, share: str | None = None) -> float:
+        """Average cores busy over the span: all shares, or one."""
+        used = self.total if share is None else self.cpu.get(share, 0.0)
+        return used / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class CpuMeter:
+    """Where a paced load run's CPU goes: the simulator, the broker and the Spark side.
+
+    `start()` before the simulator process starts, `stop()` after it has exited and been
+    reaped: its CPU is then this process's reaped-children time (`RUSAGE_CHILDREN`), which no
+    other child adds to during a run. The JVM's CPU is split by thread group
+    (`jvm_thread_cpu`); the driver is this Python process, the bench's own polling included.
+    Linux only for the JVM's split (its total is psutil's everywhere).
+    """
+
+    def __init__(self) -> None:
+        broker = broker_process()
+        self.broker_pid = broker.pid if broker is not None else None
+        self._start: tuple[float, dict[str, float]] | None = None
+
+    def _mark(self) -> tuple[float, dict[str, float]]:
+        by_process = cpu_by_process(self.broker_pid)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = {"simulator": children.ru_utime + children.ru_stime,
+               "broker": by_process["broker"], "python workers": by_process["python workers"],
+               "other python": by_process["other python"], "driver": by_process["driver"]}
+        threads = jvm_thread_cpu()
+        for group in JVM_THREAD_GROUPS:
+            out[f"JVM: {group}"] = threads.get(group, 0.0)
+        if not threads:  # no /proc: the JVM's total as "other"
+            out["JVM: other"] = by_process["jvm"]
+        return time.monotonic(), out
+
+    def start(self) -> None:
+        self._start = self._mark()
+
+    def stop(self) -> CpuSpan:
+        if self._start is None:
+            raise RuntimeError("CpuMeter.stop() before start()")
+        (t0, before), (t1, after) = self._start, self._mark()
+        return CpuSpan(t1 - t0, {k: max(after[k] - before.get(k, 0.0), 0.0) for k in CPU_SHARES})
+
+
+CPU_COLUMNS = ("wall s", *CPU_SHARES, "all", "CPU s per 1,000 events")
+
+
+def cpu_cells(span: CpuSpan | None, events: int) -> tuple[str, ...]:
+    """A CPU table row's cells (`CPU_COLUMNS`): each share as average cores busy."""
+    if span is None:
+        return ("-",) * len(CPU_COLUMNS)
+    per_k = f"{span.total / events * 1000:.2f}" if events else "-"
+    return (f"{span.wall_s:.0f}", *(f"{span.cores(s):.2f}" for s in CPU_SHARES),
+            f"{span.cores():.2f}", per_k)
 
 
 def vm_hwm_bytes(pid: int) -> int | None:

@@ -50,6 +50,7 @@ from pipelines.bench.help import (
     warm_up,
     warmup_setting,
 )
+from pipelines.bench.memory import CPU_COLUMNS, CpuMeter, CpuSpan, cpu_cells
 from pipelines.config import Settings, load_settings
 from pipelines.demo_report import (
     FINAL_STATES,
@@ -114,6 +115,7 @@ class ResolveRun:
     drain_s: float | None  # after the simulator stopped, until every case was final
     # query -> median seconds per data batch of each of Spark's trigger phases
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    cpu: CpuSpan | None = None  # simulator start -> every case final (or the drain timeout)
 
 
 @dataclass
@@ -143,11 +145,13 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
     help_job = start_help(spark, settings, once=False)
     resolver = start_resolver(spark, settings, once=False)
     progress = ProgressLog(help=help_job.query, resolver=resolver.query)
+    meter, cpu = CpuMeter(), None
     try:
         progress.wait_first()
         truth_path = root / "truth.json"
         console.print(f"load: {classrooms} lessons x {duration_s:g} s at real time, help and "
                       "resolver jobs, closed loop")
+        meter.start()
         with (root / "simulate.log").open("w") as log:
             sim = subprocess.Popen(paced_simulate_cmd(classrooms, duration_s, seed, truth_path),
                                    env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -172,6 +176,7 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
                             for s in last["sources"])):
                 drain_s = time.monotonic() - t_end
                 break
+        cpu = meter.stop()
     finally:
         help_job.stop()
         resolver.stop()
@@ -192,7 +197,8 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
                         for p in progress.data_batches(name)] for name in progress.seen},
         drain_s=drain_s,
         phases={name: batch_phases(list(seen.values()), {})
-                for name, seen in progress.seen.items()})
+                for name, seen in progress.seen.items()},
+        cpu=cpu)
 
 
 def run_resolve_bench(base: Settings, *, loads: list[int], duration_s: float, seed: int,
@@ -289,6 +295,14 @@ def phase_rows(report: ResolveBenchReport) -> list[tuple[str, ...]]:
             for run in report.runs for query, phases in sorted(run.phases.items())]
 
 
+RUN_CPU_COLUMNS = ("lessons", *CPU_COLUMNS)
+
+
+def cpu_rows(report: ResolveBenchReport) -> list[tuple[str, ...]]:
+    return [(f"{run.classrooms:,}", *cpu_cells(run.cpu, run.report.produced))
+            for run in report.runs]
+
+
 def render(report: ResolveBenchReport) -> list[Table]:
     tables = []
     for title, columns, rows in (
@@ -297,7 +311,9 @@ def render(report: ResolveBenchReport) -> list[Table]:
             ("bench resolve: where a RESOLVED_AUTO case's time went", SEGMENT_COLUMNS,
              segment_rows(report)),
             ("bench resolve: median seconds per data batch, by phase", PHASE_COLUMNS,
-             phase_rows(report))):
+             phase_rows(report)),
+            ("bench resolve: CPU by process, average cores busy (simulator start -> drain)",
+             RUN_CPU_COLUMNS, cpu_rows(report))):
         table = Table(title=title)
         for c in columns:
             table.add_column(c, justify="right")
@@ -324,6 +340,10 @@ def append_markdown(report: ResolveBenchReport, output: Path, loads: list[int],
              *markdown_table(SEGMENT_COLUMNS, segment_rows(report)),
              "Median seconds per data batch, by Spark's trigger phases:", "",
              *markdown_table(PHASE_COLUMNS, phase_rows(report)),
+             "CPU by process from the simulator's start until every case was final, as average "
+             "cores busy (the machine has "
+             f"{m['nproc']}); the driver column includes the bench's own polling:", "",
+             *markdown_table(RUN_CPU_COLUMNS, cpu_rows(report)),
              *(f"- {note}" for note in report.notes)]
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("a") as fh:

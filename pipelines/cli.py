@@ -247,6 +247,9 @@ def bench_resolve(
 def bench_silver(
     classrooms: Annotated[int, typer.Option(min=1)] = 100,
     duration: Annotated[float, typer.Option(min=10, help="Simulated seconds.")] = 600,
+    warmup: Annotated[bool, typer.Option(
+        help="First run the same simulation through bronze and silver once, unreported, so "
+             "that the fresh JVM's JIT warm-up is not measured.")] = True,
     output: Annotated[Path, typer.Option(help="Markdown file to append results to.")] = Path(
         "docs/BENCHMARKS.md"),
 ) -> None:
@@ -254,7 +257,7 @@ def bench_silver(
     from pipelines.bench.silver import run_silver_bench
 
     run_silver_bench(settings(), classrooms=classrooms, duration_s=duration, output=output,
-                     console=console)
+                     console=console, warmup=warmup)
 
 
 @bench_app.command("validate")

@@ -183,6 +183,21 @@ def test_bench_silver_rates_with_and_without_the_first_batch() -> None:
     assert steady_ratio(silver, silver) == 1.0
 
 
+def test_bench_silver_markdown_says_whether_it_warmed_up(tmp_path: Path) -> None:
+    from pipelines.bench.silver import StageRate, _append_markdown
+
+    out = tmp_path / "bench.md"
+    bronze, silver = StageRate("bronze", 100, 1.0, 1), StageRate("silver", 100, 4.0, 1)
+    _append_markdown(out, 100, 5, 60, bronze, silver, 0.25, [], warmup=False,
+                     notes=["warm-up failed: boom"])
+    _append_markdown(out, 100, 5, 60, bronze, silver, 0.25, [])
+    text = out.read_text()
+    assert "lakehouse bench silver --classrooms 5 --duration 60 --no-warmup`" in text
+    assert "lakehouse bench silver --classrooms 5 --duration 60`" in text
+    assert "no warm-up run" in text and "after an unreported warm-up run" in text
+    assert "- warm-up failed: boom" in text
+
+
 def test_bench_resolve_splits_each_auto_resolution_into_its_segments() -> None:
     """Request -> tag -> first action -> the fixing action applied -> RESOLVED_AUTO, per case;
     cases that did not end RESOLVED_AUTO, or whose fix the truth did not record, are left out."""

@@ -27,6 +27,33 @@ def test_plan_limit_reads_new_partitions_from_zero() -> None:
     assert end == {"a": {"0": 10, "1": 25}}
 
 
+def test_plan_limit_cuts_every_partition_at_about_the_same_time() -> None:
+    """A partition whose backlog is bunched at its start (enter events at lesson start) is
+    read as far in time as the others: the cut falls inside the first interval between
+    marks that holds more than the limit, not in proportion to the whole backlog."""
+    start = {"av": {"0": 0}, "enter": {"0": 0}}
+    # Offsets seen at four earlier plannings, one every few seconds: av grows evenly, enter
+    # got 900 of its 1,000 records before the first.
+    marks = [{"av": {"0": 250 * i}, "enter": {"0": e}} for i, e in
+             ((1, 900), (2, 933), (3, 966), (4, 1000))]
+    latest = marks[-1]
+    proportional = _plan_limit(start, latest, 1200)
+    assert proportional == {"av": {"0": 600}, "enter": {"0": 600}}  # enter before marks[0]
+    aligned = _plan_limit(start, latest, 1200, marks)
+    assert aligned["enter"]["0"] >= 900 and aligned["av"]["0"] >= 250  # both past marks[0]
+    assert aligned["av"]["0"] + aligned["enter"]["0"] == 1200
+    # The 50 records past marks[0] are split 250:33, as the second interval's steps are.
+    assert aligned == {"av": {"0": 295}, "enter": {"0": 905}}
+
+
+def test_plan_limit_ignores_marks_behind_the_start_and_new_partitions() -> None:
+    start = {"a": {"0": 100}}
+    marks = [{"a": {"0": 50}}, {"a": {"0": 120}}, {"a": {"0": 300}, "b": {"0": 40}}]
+    end = _plan_limit(start, {"a": {"0": 300}, "b": {"0": 40}}, 60, marks)
+    assert end["a"]["0"] - 100 + end["b"]["0"] == 60
+    assert end["a"]["0"] >= 120  # the mark inside the backlog bounds the cut from below
+
+
 def test_restart_position_comes_from_the_newest_offset_log_entry(tmp_path) -> None:
     offsets = tmp_path / "offsets"
     offsets.mkdir()
@@ -72,3 +99,29 @@ def test_consecutive_reads_in_one_worker_each_get_their_range(broker, tmp_path) 
     next(partial)
     partial.close()
     assert values(45, 50) == [f"v{i}".encode() for i in range(45, 50)]
+
+
+def test_capped_reader_keeps_partitions_aligned_across_plannings(broker, tmp_path) -> None:
+    """The real reader on the real broker: under a cap, the av records produced after the
+    enter burst are not planned before the burst is (marks taken at each planning)."""
+    from kafka_helpers import produce, topic_prefix_env
+
+    from pipelines.io.kafka_source import KafkaStreamReader
+
+    settings = broker.make_settings(tmp_path, topic_prefix_env())
+    enter, av = (settings.kafka_topic(t) for t in ("classroom.enter", "classroom.help"))
+    options = {f"kafka.{k}": v for k, v in settings.kafka.client_options().items()}
+    reader = KafkaStreamReader({**options, "subscribe": f"{enter},{av}",
+                                "maxOffsetsPerTrigger": "100", "readTimeoutSeconds": "30"})
+    produce(settings, [(enter, None, b"e")] * 500 + [(av, None, b"a")] * 50)
+    reader.initialOffset()
+    plans = [reader.latestOffset()]  # the burst's time: 500 enter, 50 av records
+    produce(settings, [(av, None, b"a")] * 500 + [(enter, None, b"e")] * 50)
+    while plans[-1][enter]["0"] < 550 or plans[-1][av]["0"] < 550:
+        plans.append(reader.latestOffset())
+        assert len(plans) < 50
+    for plan in plans:
+        # av past the burst's time only once enter has read its burst
+        assert plan[av]["0"] <= 50 or plan[enter]["0"] >= 500, plans
+    assert [sum(p[t]["0"] for t in (enter, av)) for p in plans[:4]] == [100, 200, 300, 400]
+    reader.stop()

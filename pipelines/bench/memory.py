@@ -85,14 +85,15 @@ def spark_cpu(delta: dict[str, float]) -> float:
     return sum(v for k, v in delta.items() if k != "broker")
 
 
-JVM_THREAD_GROUPS = ("executor tasks", "JIT compilers", "GC", "other")
+JVM_THREAD_GROUPS = ("executor tasks", "stream execution", "JIT compilers", "GC", "other")
 
 
 def jvm_thread_cpu() -> dict[str, float]:
-    """CPU seconds so far of the Spark JVM's threads, grouped: tasks, JIT, GC, the rest.
+    """CPU seconds so far of the Spark JVM's threads, grouped: tasks, the streaming queries'
+    driver threads (each micro-batch's planning and commits), JIT, GC, the rest.
 
-    Tells the JVM's own overheads (compiling generated code, collecting garbage) from the work
-    the tasks do. Linux only (/proc/<pid>/task); empty elsewhere.
+    Tells the JVM's own overheads (compiling generated code, collecting garbage) and the fixed
+    per-batch work from the work the tasks do. Linux only (/proc/<pid>/task); empty elsewhere.
     """
     out = dict.fromkeys(JVM_THREAD_GROUPS, 0.0)
     jvm = jvm_process()
@@ -113,6 +114,8 @@ def jvm_thread_cpu() -> dict[str, float]:
         seconds = (int(fields[11]) + int(fields[12])) / tick
         if name.startswith("Executor task"):
             group = "executor tasks"
+        elif name.startswith("stream executio"):  # comm is cut at 15 characters
+            group = "stream execution"
         elif "CompilerThre" in name:
             group = "JIT compilers"
         elif name.startswith(("GC Thread", "G1 ", "VM Thread")):
@@ -133,8 +136,9 @@ def broker_process() -> psutil.Process | None:
     return None
 
 
-CPU_SHARES = ("simulator", "broker", "JVM: executor tasks", "JVM: JIT compilers", "JVM: GC",
-              "JVM: other", "python workers", "other python", "driver")
+CPU_SHARES = ("simulator", "broker", "JVM: executor tasks", "JVM: stream execution",
+              "JVM: JIT compilers", "JVM: GC", "JVM: other", "python workers", "other python",
+              "driver")
 
 
 @dataclass

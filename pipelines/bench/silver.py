@@ -1,10 +1,11 @@
 """`lakehouse bench silver`: bronze -> silver rate beside the bronze rate, and dedup state size.
 
-One run, one broker, one Spark session: simulate a class (every bad-input kind included),
-land it in bronze, then run silver over it. Rates exclude Spark start-up: they are input rows
-over the summed micro-batch durations from the query progress (`ops.stream_progress`). The
-state rows per batch show whether the dedup state stays flat once the simulated time is longer
-than the dedup window.
+One broker, one Spark session: simulate a class (every bad-input kind included), land it in
+bronze, then run silver over it; by default all of that once before, unreported (the JVM's
+warm-up), then again on topics and tables of its own. Rates exclude Spark start-up: they are
+input rows over the summed micro-batch durations from the query progress
+(`ops.stream_progress`). The state rows per batch show whether the dedup state stays flat once
+the simulated time is longer than the dedup window.
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deltalake import DeltaTable
+from pyspark.sql import SparkSession
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.broker import EmbeddedBroker, free_port
+from pipelines.bench.help import broker_and_spark, warm_up
 from pipelines.config import Settings, load_settings
+from pipelines.io.kafka_admin import ensure_topics
 from pipelines.jobs.bronze import start_bronze
 from pipelines.jobs.progress import PROGRESS_TABLE, ProgressRecorder
 from pipelines.jobs.runner import await_query
 from pipelines.jobs.silver import start_silver
 from pipelines.simulator.run import run_simulation
-from pipelines.spark import build_spark
 
 
 @dataclass
@@ -73,32 +75,41 @@ def steady_ratio(bronze: StageRate, silver: StageRate) -> float | None:
     return None
 
 
+def _stage_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: int,
+               duration_s: float) -> tuple[int, list[dict]]:
+    """Simulate into topics of the run's own, land them in bronze, run silver over bronze;
+    return the events simulated and the run's query progress rows."""
+    env = {**env, "LAKEHOUSE_ROOT": str(root), "LAKEHOUSE__KAFKA__TOPIC_PREFIX": f"{root.name}."}
+    settings = load_settings(None, environ=env)
+    ensure_topics(settings.kafka.client_options(), settings.kafka_topic_configs())
+    summary = run_simulation(settings, classrooms=classrooms, duration_s=duration_s, seed=7)
+    recorder = ProgressRecorder(spark, settings)
+    spark.streams.addListener(recorder)
+    try:
+        for start in (start_bronze, start_silver):
+            job = start(spark, settings, once=True)
+            await_query(job.query, until_offsets=job.until_offsets)
+        return summary.total, _wait_progress(settings)
+    finally:
+        spark.streams.removeListener(recorder)
+
+
 def run_silver_bench(base: Settings, *, classrooms: int, duration_s: float,
-                     output: Path | None, console: Console) -> None:
-    with tempfile.TemporaryDirectory(prefix="bench-silver-") as tmp:
-        env = {**os.environ, "LAKEHOUSE_ROOT": tmp, "LAKEHOUSE__BROKER__PORT": str(free_port()),
-               "LAKEHOUSE__BROKER__STORAGE": "memory://tansu/"}
-        settings = load_settings(base.profile.value, environ=env)
-        broker = EmbeddedBroker(settings, environ=env)
-        broker.start()
-        spark = None
-        try:
-            summary = run_simulation(settings, classrooms=classrooms, duration_s=duration_s,
-                                     seed=7)
-            spark = build_spark(settings, app_name="bench-silver")
-            spark.streams.addListener(ProgressRecorder(spark, settings))
-            for start in (start_bronze, start_silver):
-                job = start(spark, settings, once=True)
-                await_query(job.query, until_offsets=job.until_offsets)
-            progress = _wait_progress(settings)
-        finally:
-            if spark is not None:
-                spark.stop()
-            broker.stop(kill=True)
+                     output: Path | None, console: Console, warmup: bool = True) -> None:
+    """`warmup`: first run the same simulation through bronze and silver once, unreported, on
+    the same Spark session (`pipelines.bench.help.warm_up` says why). Measured warm, bronze
+    gains more than silver (docs/BENCHMARKS.md, 2026-11-27)."""
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench-silver-") as tmp, \
+            broker_and_spark(base, Path(tmp), "bench-silver") as (env, spark):
+        if warmup:
+            warm_up(lambda: _stage_run(spark, env, Path(tmp) / "warmup", classrooms,
+                                       duration_s), notes, console)
+        events, progress = _stage_run(spark, env, Path(tmp) / "run", classrooms, duration_s)
     bronze, silver = stage_rate(progress, "bronze"), stage_rate(progress, "silver")
     state = [p["state_rows"] for p in sorted(progress, key=lambda p: p["batch_id"])
              if p["query_name"] == "silver" and p["input_rows"]]
-    table = Table(title=f"bench silver: {summary.total:,} events, {classrooms} classrooms x "
+    table = Table(title=f"bench silver: {events:,} events, {classrooms} classrooms x "
                         f"{duration_s:g} simulated s")
     for column in ("stage", "rows", "batches", "busy s", "rows/s", "after batch 1"):
         table.add_column(column, justify="left" if column == "stage" else "right")
@@ -112,8 +123,8 @@ def run_silver_bench(base: Settings, *, classrooms: int, duration_s: float,
                   f"batch: {steady}")
     console.print(f"dedup state rows per silver batch: {_state_summary(state)}")
     if output is not None:
-        _append_markdown(output, summary.total, classrooms, duration_s, bronze, silver, ratio,
-                         state)
+        _append_markdown(output, events, classrooms, duration_s, bronze, silver, ratio, state,
+                         warmup, notes)
 
 
 _PROGRESS_COLUMNS = ["query_name", "batch_id", "input_rows", "batch_duration_ms", "state_rows"]
@@ -153,14 +164,18 @@ def _env_prefix() -> str:
 
 
 def _append_markdown(output: Path, events: int, classrooms: int, duration_s: float,
-                     bronze: StageRate, silver: StageRate, ratio: float, state: list[int]) -> None:
+                     bronze: StageRate, silver: StageRate, ratio: float, state: list[int],
+                     warmup: bool = True, notes: list[str] | None = None) -> None:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     steady = _or_dash(steady_ratio(bronze, silver), ".2f")
     lines = [
         "", f"## bench silver — {when}", "",
         f"Command: `{_env_prefix()}lakehouse bench silver --classrooms {classrooms} "
-        f"--duration {duration_s:g}` ({events:,} simulated events, every bad-input kind; "
-        f"{os.cpu_count()} cores; load average after {os.getloadavg()[0]:.1f}).", "",
+        f"--duration {duration_s:g}{'' if warmup else ' --no-warmup'}` ({events:,} simulated "
+        f"events, every bad-input kind; {os.cpu_count()} cores; load average after "
+        f"{os.getloadavg()[0]:.1f}; "
+        f"{'after an unreported warm-up run of the same' if warmup else 'no warm-up run'}).",
+        "",
         "| stage | rows | micro-batches | busy s | rows/s | rows/s after batch 1 |",
         "|---|---:|---:|---:|---:|---:|",
         *(f"| {s.name} | {s.rows:,} | {s.batches} | {s.busy_s:.1f} | {s.rate:,.0f} "
@@ -168,6 +183,7 @@ def _append_markdown(output: Path, events: int, classrooms: int, duration_s: flo
         "", f"Silver / bronze rate in the same run: **{ratio:.2f}** (goal: 0.5 or more); "
             f"after each stage's first batch (the JVM's warm-up): {steady}.", "",
         f"Dedup state rows per silver batch: {_state_summary(state)}.", "",
+        *(f"- {note}" for note in notes or []),
     ]
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("a") as handle:

@@ -14,7 +14,8 @@ One broker of its own (memory storage, a free port) and one Spark session for ev
    when the request arrived (`early`) or when its window closed);
    *offered* is what the simulator produced per second, *processed* the job's input rows over
    its summed batch time, *lag at end* how long after the simulator stopped the job had read
-   everything it produced.
+   everything it produced; the CPU table gives each process's average cores busy over the
+   run (`pipelines.bench.memory.CpuMeter`).
 4. optionally (`--join`) the first load again with `help.engine: join`.
 
 Help share is 0.5 in every run so a short run has enough requests to rank latencies.

@@ -18,6 +18,8 @@ percentiles, and where the time of each RESOLVED_AUTO case went (`resolution_seg
 
 *offered* is what the simulator produced per second over its run; *help processed* the help
 job's input rows over its summed batch time; batch medians are over batches that read rows.
+The CPU table gives each process's average cores busy from the simulator's start until every
+case was final (`pipelines.bench.memory.CpuMeter`).
 Help share and the quiet end of the run are the demo's (a request the lesson's end cuts off
 cannot be confirmed).
 """

@@ -12,7 +12,8 @@ faster than kafka-python on this machine (docs/BENCHMARKS.md).
 
 Rate limit: Spark 4.1 gives Python sources no admission control (latestOffset() has no start),
 so the reader remembers the end offset it last handed out and, after a restart, recovers it from
-the newest entry of the query's offset log (the `checkpointLocation` option).
+the newest entry of the query's offset log (the `checkpointLocation` option). A capped batch
+reads every partition to about the same broker time (`_plan_limit`).
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def _plan_limit(start: Offsets, latest: Offsets, limit: int,
 
     `marks`: every partition's end offset at earlier plannings, oldest first. The broker
     appends records as they arrive, so the offsets seen at one moment are one point in time
-    across partitions: a coarse offset -> time index. The cap cuts inside the first interval
+    across partitions: a coarse offset -> time index (the reader's own: tansu answers
+    ListOffsets by timestamp with offset 0). The cap cuts inside the first interval
     between consecutive points (start, the marks, latest) that holds more than the limit,
     splitting that interval's records in proportion to each partition's share of it. So
     every partition is read to about the same broker time.

@@ -299,6 +299,8 @@ def test_bench_resolve_markdown_names_the_command_that_reproduces_it(tmp_path: P
             "--seed 7 --no-warmup`") in text
     assert "`lakehouse bench resolve --classrooms 500 --duration 120 --seed 3`" in text
     assert "warm-up none" in text and text.count("## bench resolve, ") == 2
+    assert ("CPU by process from the simulator's start until every case was final, as average "
+            "cores busy (the machine has 2)") in text
 
 
 def test_bench_help_markdown_names_the_command_that_reproduces_it(tmp_path: Path) -> None:
@@ -314,6 +316,7 @@ def test_bench_help_markdown_names_the_command_that_reproduces_it(tmp_path: Path
             "--seed 7 --no-warmup`") in text
     assert ("`lakehouse bench help --classrooms 500 --duration 90 --accuracy-classrooms 40 "
             "--seed 3 --join`") in text
+    assert "from the simulator's start until every request was tagged" in text
 
 
 def test_progress_log_rate_counts_data_batches_only() -> None:

@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.bench.bronze import machine_info
-from pipelines.bench.memory import CPU_COLUMNS, CpuMeter, CpuSpan, cpu_cells
+from pipelines.bench.memory import CPU_COLUMNS, CpuMeter, CpuSpan, cpu_caption, cpu_cells
 from pipelines.broker import EmbeddedBroker, free_port
 from pipelines.config import HELP_TAGS, NO_ISSUE_TAG, Settings, load_settings
 from pipelines.io.kafka import caught_up, kafka_end_offsets
@@ -477,9 +477,8 @@ def append_markdown(report: HelpBenchReport, output: Path, loads: list[int], dur
         lines += ["Median seconds per data batch, by phase (Spark's trigger phases; the tag "
                   "sink's phases run inside addBatch):", "",
                   *markdown_table(phase_columns, phase_rows)]
-    lines += ["CPU by process from the simulator's start until every request was tagged, as "
-              f"average cores busy (the machine has {m['nproc']}); the driver column includes "
-              "the bench's own polling:", "", *markdown_table(LOAD_CPU_COLUMNS, cpu_rows(report))]
+    lines += [cpu_caption("every request was tagged", m["nproc"]), "",
+              *markdown_table(LOAD_CPU_COLUMNS, cpu_rows(report))]
     lines += [f"- {note}" for note in report.notes]
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("a") as fh:

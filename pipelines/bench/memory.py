@@ -199,6 +199,12 @@ class CpuMeter:
 CPU_COLUMNS = ("wall s", *CPU_SHARES, "all", "CPU s per 1,000 events")
 
 
+def cpu_caption(until: str, nproc: object) -> str:
+    """The Markdown line above a CPU table; `until`: when the run's span ended."""
+    return (f"CPU by process from the simulator's start until {until}, as average cores busy "
+            f"(the machine has {nproc}); the driver column includes the bench's own polling:")
+
+
 def cpu_cells(span: CpuSpan | None, events: int) -> tuple[str, ...]:
     """A CPU table row's cells (`CPU_COLUMNS`): each share as average cores busy."""
     if span is None:

@@ -52,7 +52,7 @@ from pipelines.bench.help import (
     warm_up,
     warmup_setting,
 )
-from pipelines.bench.memory import CPU_COLUMNS, CpuMeter, CpuSpan, cpu_cells
+from pipelines.bench.memory import CPU_COLUMNS, CpuMeter, CpuSpan, cpu_caption, cpu_cells
 from pipelines.config import Settings, load_settings
 from pipelines.demo_report import (
     FINAL_STATES,
@@ -342,9 +342,7 @@ def append_markdown(report: ResolveBenchReport, output: Path, loads: list[int],
              *markdown_table(SEGMENT_COLUMNS, segment_rows(report)),
              "Median seconds per data batch, by Spark's trigger phases:", "",
              *markdown_table(PHASE_COLUMNS, phase_rows(report)),
-             "CPU by process from the simulator's start until every case was final, as average "
-             "cores busy (the machine has "
-             f"{m['nproc']}); the driver column includes the bench's own polling:", "",
+             cpu_caption("every case was final", m["nproc"]), "",
              *markdown_table(RUN_CPU_COLUMNS, cpu_rows(report)),
              *(f"- {note}" for note in report.notes)]
     output.parent.mkdir(parents=True, exist_ok=True)

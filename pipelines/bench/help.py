@@ -311,6 +311,7 @@ def run_help_bench(base: Settings, *, loads: list[int], duration_s: float,
                   "watermark_delay_s": cfg.watermark_delay_s,
                   "window": f"-{cfg.window_before_s:g} s / +{cfg.window_after_s:g} s",
                   "tick_interval_s": cfg.tick_interval_s,
+                  "sample interval": f"{base.simulator.sample_interval_s:g} s",
                   "early_tags": ", ".join(cfg.early_tags) or "none",
                   "shuffle_partitions": base.spark.shuffle_partitions,
                   "spark.master": base.spark.master,
@@ -449,6 +450,16 @@ def markdown_table(columns: list[str] | tuple[str, ...], rows: list[tuple[str, .
             *("| " + " | ".join(row) + " |" for row in rows), ""]
 
 
+def command_env() -> str:
+    """The settings overrides in the environment that change what a bench measures, as the
+    prefix of its reproducing command line (empty, or ending in a space)."""
+    prefixes = ("LAKEHOUSE__HELP__", "LAKEHOUSE__RESOLVER__", "LAKEHOUSE__SIMULATOR__",
+                "LAKEHOUSE__SPARK__MASTER")
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
+                   if k.startswith(prefixes))
+    return f"{env} " if env else ""
+
+
 def append_markdown(report: HelpBenchReport, output: Path, loads: list[int], duration_s: float,
                     accuracy_classrooms: int, seed: int, with_join: bool,
                     warmup: bool = True) -> None:
@@ -457,11 +468,9 @@ def append_markdown(report: HelpBenchReport, output: Path, loads: list[int], dur
                f"--duration {duration_s:g} --accuracy-classrooms {accuracy_classrooms} "
                f"--seed {seed}{' --join' if with_join else ''}"
                f"{'' if warmup else ' --no-warmup'}")
-    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
-                   if k.startswith("LAKEHOUSE__HELP__") or k == "LAKEHOUSE__SPARK__MASTER")
     m = report.machine
     lines = [f"## bench help, {report.started_at}", "",
-             f"Command: `{(env + ' ') if env else ''}{command}`. Method: module docstring of "
+             f"Command: `{command_env()}{command}`. Method: module docstring of "
              "`pipelines/bench/help.py`.", "",
              "Settings: " + ", ".join(f"{k} {v}" for k, v in report.settings.items()) + ".", "",
              f"Machine: {m['cpu']}, {m['nproc']} CPUs, {m['memory']}; load average before "

@@ -48,6 +48,7 @@ from pipelines.bench.help import (
     ProgressLog,
     batch_phases,
     broker_and_spark,
+    command_env,
     markdown_table,
     warm_up,
     warmup_setting,
@@ -216,6 +217,7 @@ def run_resolve_bench(base: Settings, *, loads: list[int], duration_s: float, se
         started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         machine=machine_info(),
         settings={"help share": base.simulator.help_share,
+                  "sample interval": f"{base.simulator.sample_interval_s:g} s",
                   "help trigger_seconds": h.trigger_seconds,
                   "resolver trigger_seconds": r.trigger_seconds, "grace_s": r.grace_s,
                   "healthy_span_s": r.healthy_span_s,
@@ -332,7 +334,8 @@ def append_markdown(report: ResolveBenchReport, output: Path, loads: list[int],
                f"--duration {duration_s:g} --seed {seed}{'' if warmup else ' --no-warmup'}")
     m = report.machine
     lines = [f"## bench resolve, {report.started_at}", "",
-             f"Command: `{command}`. Method: module docstring of `pipelines/bench/resolve.py`.",
+             f"Command: `{command_env()}{command}`. Method: module docstring of "
+             "`pipelines/bench/resolve.py`.",
              "", "Settings: " + ", ".join(f"{k} {v}" for k, v in report.settings.items()) + ".",
              "", f"Machine: {m['cpu']}, {m['nproc']} CPUs, {m['memory']}; load average before "
              f"{m['load']}, after {m.get('load_after', '?')}; {m['versions']}.", "",

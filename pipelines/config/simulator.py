@@ -89,9 +89,18 @@ class SimulatorConfig(_Model):
     fault_lead_s: float = Field(30, gt=0)
     # ... and lasts this long after it (until the closed loop fixes it).
     fault_persist_s: float = Field(60, ge=0)
+    # Each participant's AV samples and heartbeat, and each lesson's whiteboard event, come once
+    # per this many seconds. DESIGN.md's cadence says 2 s, which is ~5 events/s per lesson; its
+    # stated average (2.5 events/s per lesson, issue 4's "10,000 lessons, about 25,000 events/s")
+    # is what 4 s gives. The benches take it as `--sample-interval`.
+    sample_interval_s: float = Field(2.0, ge=0.5, le=60)
     # Share of participants whose client already sends av.quality schema v2 (with `codec`).
     av_v2_share: float = Field(0.3, ge=0, le=1)
     fault_model: FaultModelConfig = Field(default_factory=FaultModelConfig)
+
+    @property
+    def sample_interval_ms(self) -> int:
+        return int(self.sample_interval_s * 1000)
 
     @model_validator(mode="after")
     def _test_accounts_for_their_share(self) -> SimulatorConfig:

@@ -14,7 +14,7 @@ from operator import attrgetter
 from pipelines.config import SimulatorConfig
 from pipelines.simulator.badinput import BadInputInjector
 from pipelines.simulator.lesson import HELP_TOPIC, Lesson, Participant
-from pipelines.simulator.model import TICK_MS, WINDOW_MS, HelpTruth, SimEvent
+from pipelines.simulator.model import WINDOW_MS, HelpTruth, SimEvent
 
 _sim_ms = attrgetter("sim_ms")
 
@@ -41,12 +41,13 @@ class EventGenerator:
     """The lessons of one run, generated window by window.
 
     A participant's periodic events (AV samples, heartbeat) and a lesson's whiteboard event
-    fall at a fixed phase of each 2 s tick, so the periodic slots are sorted by phase once and
-    each tick walks them in order, merging in the pre-sorted rare events (enter flows,
-    disconnects, Help requests). No per-event sort. A tick is cut into windows of `window_ms`
-    (a window boundary changes no byte: the bad-input injector sees the tick as one piece), so
-    that between two windows the closed loop can change a lesson (`lesson`) or add events at
-    or after `horizon` (`schedule`) and have them take effect on time.
+    fall at a fixed phase of each tick (`sample_interval_s`, 2 s by default), so the periodic
+    slots are sorted by phase once and each tick walks them in order, merging in the pre-sorted
+    rare events (enter flows, disconnects, Help requests). No per-event sort. A tick is cut
+    into windows of `window_ms` (a window boundary changes no byte: the bad-input injector sees
+    the tick as one piece), so that between two windows the closed loop can change a lesson
+    (`lesson`) or add events at or after `horizon` (`schedule`) and have them take effect on
+    time.
     """
 
     def __init__(self, config: SimulatorConfig, classrooms: int, duration_s: float, seed: int,
@@ -57,6 +58,7 @@ class EventGenerator:
         if window_ms <= 0:
             raise ValueError("window_ms must be > 0")
         self.duration_ms = int(duration_s * 1000)
+        self.tick_ms = config.sample_interval_ms
         self.start_ms = start_ms
         self.seed = seed
         self.window_ms = window_ms
@@ -91,8 +93,9 @@ class EventGenerator:
         phases = [s[0] for s in slots]
         oneoffs, by_key, truths = self.oneoffs, self.by_key, self.ground_truth
         duration_ms, oi = self.duration_ms, 0
-        for w0 in range(0, duration_ms, TICK_MS):
-            w1 = min(w0 + TICK_MS, duration_ms)
+        tick = self.tick_ms
+        for w0 in range(0, duration_ms, tick):
+            w1 = min(w0 + tick, duration_ms)
             for c0 in range(w0, w1, self.window_ms):
                 c1 = min(c0 + self.window_ms, w1)
                 n_oneoffs = len(oneoffs)  # `schedule` may have added some since the last window

@@ -25,7 +25,6 @@ from pipelines.simulator.model import (
     GOOD,
     NEVER,
     NORMAL_STEPS,
-    TICK_MS,
     HelpTruth,
     SimEvent,
     new_uuid,
@@ -138,10 +137,11 @@ class Lesson:
         self.courseware_id = f"cw-{rng.randrange(10_000, 100_000)}"
         self.cw = self.courseware_id.encode()
         self.page = 1
-        self.wb_phase = rng.randrange(TICK_MS)
+        tick = cfg.sample_interval_ms
+        self.wb_phase = rng.randrange(tick)
         self.teacher = Participant("teacher", rng, self, cfg.av_v2_share)
         self.student = Participant("student", rng, self, cfg.av_v2_share)
-        self.phases = (rng.randrange(TICK_MS), rng.randrange(TICK_MS))
+        self.phases = (rng.randrange(tick), rng.randrange(tick))
         self.oneoffs: list[SimEvent] = []
         self.truth: HelpTruth | None = None
         self.requester: Participant | None = None  # who asks for Help (plan_help sets both)
@@ -217,7 +217,7 @@ class Lesson:
             pre, n + 5, p.mid_hb, et, p.pool_hb[bits(pb)]), et, GOOD, t, False)))
 
     def whiteboard(self, t: int, out: list[SimEvent]) -> None:
-        """About one whiteboard event per 2 s: a teacher page turn or a sync-lag sample."""
+        """One whiteboard event per tick: a teacher page turn or a sync-lag sample."""
         rnd = self.rng.random
         teacher, student = self.teacher, self.student
         t_in, s_in = teacher.present(t), student.present(t)

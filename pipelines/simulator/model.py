@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
-TICK_MS = 2000  # AV samples, heartbeats and whiteboard events: one per 2 s (DESIGN.md cadence)
 # Events are generated (and actions applied) this many simulated ms at a time: a reaction is
 # exact when the client's reaction delay is at least this long.
 WINDOW_MS = 500

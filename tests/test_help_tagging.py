@@ -373,7 +373,7 @@ def test_help_job_tags_every_request_once_and_matches_ground_truth(spark, broker
     from kafka_helpers import produce, topic_prefix_env
 
     from pipelines.io.kafka_admin import ensure_topics
-    from pipelines.jobs.help import HELP_TAGS_TABLE, run_help
+    from pipelines.jobs.help import HELP_TAGS_TABLE, run_help, window_state
     from pipelines.simulator.run import run_simulation
 
     settings = broker.make_settings(tmp_path, {**topic_prefix_env(),
@@ -415,6 +415,11 @@ def test_help_job_tags_every_request_once_and_matches_ground_truth(spark, broker
     assert accuracy >= 0.95, Counter((t, got[h]) for h, t in truth.items())
     for tag, (precision, recall) in precision_recall(truth, got).items():
         assert precision >= 0.9 and recall >= 0.9, (tag, precision, recall)
+
+    # Read back from the checkpoint: every request left the window state once tagged; the
+    # last minute's evidence stays until the watermark leaves it behind.
+    evidence, open_requests = window_state(spark, settings.checkpoint_path("help"))
+    assert open_requests == 0 and evidence > 0
 
     messages = _consume_all(settings, settings.kafka_topic(settings.help.tags_topic))
     keys = Counter(key.decode() for key, _ in messages)

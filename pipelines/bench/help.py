@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deltalake import DeltaTable
+from py4j.protocol import Py4JJavaError
+from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 from rich.console import Console
@@ -46,10 +48,16 @@ from rich.table import Table
 from pipelines.bench.bronze import machine_info
 from pipelines.bench.memory import CPU_COLUMNS, CpuMeter, CpuSpan, cpu_caption, cpu_cells
 from pipelines.broker import EmbeddedBroker, free_port
-from pipelines.config import HELP_TAGS, NO_ISSUE_TAG, Settings, load_settings
+from pipelines.config import HELP_TAGS, NO_ISSUE_TAG, HelpEngine, Settings, load_settings
 from pipelines.io.kafka import caught_up, kafka_end_offsets
 from pipelines.io.kafka_admin import ensure_topics
-from pipelines.jobs.help import HELP_TAGS_TABLE, help_latency, run_help, start_help
+from pipelines.jobs.help import (
+    HELP_TAGS_TABLE,
+    help_latency,
+    run_help,
+    start_help,
+    window_state,
+)
 from pipelines.simulator.run import paced_simulate_cmd, run_simulation
 from pipelines.spark import build_spark
 from pipelines.transforms.help import HELP_TOPICS
@@ -87,7 +95,9 @@ class LoadRun:
     lag_at_end_s: float | None
     state_rows: int
     # Max state rows in the first and second half of the simulation (by batch time): equal
-    # halves mean the window state stays flat (evidence is pruned behind the watermark).
+    # halves mean the window state stays flat (evidence is pruned behind the watermark). State
+    # engine: evidence rows and open requests read back from the state (`window_state`);
+    # join engine: the query progress's state rows.
     state_rows_halves: tuple[int, int] = (0, 0)
     # Where a data batch's time goes, median seconds: Spark's phases of the trigger (durationMs)
     # and, inside addBatch, the tag sink's (compute = the rules job and collect, kafka, delta).
@@ -226,10 +236,14 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
     cpu = meter.stop()
     job.stop()
     busy = watch.data_batches("help")
-    state = max((sum(int(o.get("numRowsTotal") or 0) for o in p.get("stateOperators") or [])
-                 for p in progress.values()), default=0)
     got = _tags(settings)
-    halves = _state_halves(progress, sim_start=t0_wall, sim_end=t0_wall + sim_s)
+    if engine == HelpEngine.STATE.value:
+        halves = _window_state_halves(spark, settings.checkpoint_path("help"), progress,
+                                      sim_start=t0_wall, sim_end=t0_wall + sim_s)
+        state = max(halves)
+    else:
+        state = max((_state_rows(p) for p in progress.values()), default=0)
+        halves = _state_halves(progress, sim_start=t0_wall, sim_end=t0_wall + sim_s)
     return LoadRun(
         classrooms=classrooms, engine=engine, requests=len(truth), tags=len(got),
         accuracy=sum(got.get(h) == c for h, c in truth.items()) / max(len(truth), 1),
@@ -240,19 +254,48 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
         phases=batch_phases(list(progress.values()), job.sink.timings), events=events, cpu=cpu)
 
 
+def _state_rows(progress: dict) -> int:
+    return sum(int(o.get("numRowsTotal") or 0) for o in progress.get("stateOperators") or [])
+
+
+def _batches_by_half(progress: dict[int, dict], sim_start: float, sim_end: float
+                     ) -> tuple[list[int], list[int]]:
+    """The batch ids that ran in the simulation's first half, and in its second."""
+    middle = (sim_start + sim_end) / 2
+    halves: tuple[list[int], list[int]] = ([], [])
+    for batch_id, p in sorted(progress.items()):
+        at = dt.datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp()
+        if sim_start <= at <= sim_end:
+            halves[int(at >= middle)].append(batch_id)
+    return halves
+
+
 def _state_halves(progress: dict[int, dict], *, sim_start: float, sim_end: float
                   ) -> tuple[int, int]:
-    """Max state rows over the batches of the simulation's first half, and of its second."""
-    middle = (sim_start + sim_end) / 2
-    halves = [0, 0]
-    for p in progress.values():
-        at = dt.datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp()
-        if not sim_start <= at <= sim_end:
-            continue
-        rows = sum(int(o.get("numRowsTotal") or 0) for o in p.get("stateOperators") or [])
-        half = int(at >= middle)
-        halves[half] = max(halves[half], rows)
-    return halves[0], halves[1]
+    """Max state rows (the query progress's) over the batches of the simulation's first half,
+    and of its second."""
+    first, second = _batches_by_half(progress, sim_start, sim_end)
+    return (max((_state_rows(progress[b]) for b in first), default=0),
+            max((_state_rows(progress[b]) for b in second), default=0))
+
+
+def _window_state_halves(spark: SparkSession, checkpoint: str, progress: dict[int, dict], *,
+                         sim_start: float, sim_end: float, per_half: int = 4
+                         ) -> tuple[int, int]:
+    """Max evidence rows and open requests in the window state (`window_state`) over
+    `per_half` batches spread over each half of the simulation. A batch whose state Spark has
+    cleaned up already is skipped."""
+    out = []
+    for batches in _batches_by_half(progress, sim_start, sim_end):
+        step = max(1, len(batches) // per_half)
+        rows = 0
+        for batch_id in batches[step - 1::step][:per_half]:
+            try:
+                rows = max(rows, sum(window_state(spark, checkpoint, batch_id)))
+            except (PySparkException, Py4JJavaError):
+                continue
+        out.append(rows)
+    return out[0], out[1]
 
 
 @contextlib.contextmanager

@@ -47,6 +47,9 @@ class HelpConfig(_Model):
     evidence_slack_s: float = Field(10, ge=0)  # evidence kept this long beyond the window
     max_records_per_trigger: int | None = Field(None, ge=1)  # default: kafka's cap
     state_partitions: int = Field(2, ge=1)  # shuffle partitions of the help query's state
+    # Classrooms are hashed into this many state groups (one value each). Keep it while a
+    # checkpoint lives: a change moves classrooms away from their state.
+    key_buckets: int = Field(64, ge=1)
     rules: HelpRulesConfig = Field(default_factory=HelpRulesConfig)
     priority: list[str] = Field(default_factory=lambda: list(HELP_TAGS))
     # State engine: a request whose look-back evidence already makes one of these the primary

@@ -52,7 +52,7 @@ from pipelines.transforms.help import (
     help_signals,
     join_requests_with_evidence,
 )
-from pipelines.transforms.help_window import buffer_requests_with_evidence
+from pipelines.transforms.help_window import WindowBucket, buffer_requests_with_evidence
 from pipelines.transforms.silver import flag_filtered_users
 from pipelines.transforms.validate import parse_and_validate
 
@@ -180,6 +180,22 @@ def await_help(job: HelpJob, *, console: Console | None = None, poll_s: float = 
         job.sink.close()
     raise_if_failed(query)
     return count.batches, count.rows
+
+
+def window_state(spark: SparkSession, checkpoint: str, batch_id: int | None = None
+                 ) -> tuple[int, int]:
+    """(evidence rows, open requests) in the help window's state after `batch_id` (None: the
+    last committed batch), read back from the checkpoint with Spark's state data source.
+
+    Why not the query progress's `numRowsTotal`: the state is one value per bucket of
+    classrooms, so that counts buckets, whatever they hold.
+    """
+    reader = spark.read.format("statestore").option("stateVarName", "bucket")
+    if batch_id is not None:
+        reader = reader.option("batchId", batch_id)
+    held = [WindowBucket.loads(row.body).held
+            for row in reader.load(checkpoint).select("value.body").collect()]
+    return sum(e for e, _ in held), sum(r for _, r in held)
 
 
 def help_latency(spark: SparkSession, settings: Settings, *, since: datetime | None = None

@@ -6,7 +6,8 @@ plan (pipelines/jobs/help.py wires it to Kafka and Delta):
     bronze rows -> help_candidates      only records that could be a request or a signal
       -> parse_and_validate (validate.py, shared with silver)
       -> help_signals                   one row per request, one per fired evidence signal
-      -> window (state: HelpWindowProcessor per classroom | join: join_requests_with_evidence)
+      -> window (state: HelpWindowProcessor per bucket of classrooms | join:
+                                        join_requests_with_evidence)
          = (request, evidence) pairs, evidence within [request - before, request + after]
       -> aggregate_evidence             counts per signal and role for each help_id
       -> apply_tag_rules                tags, primary tag, evidence JSON

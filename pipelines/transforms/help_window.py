@@ -3,9 +3,10 @@
 Why not only a stream-stream join: a join's output watermark is its input watermark minus the
 longest time it keeps state (the 60 s look-back), so the per-request aggregation after it can
 only close a request a minute after the window did (docs/BENCHMARKS.md, "bench help"). Here
-each classroom keeps its recent evidence signals and open requests; a request's timer is its
-broker time + `window_after_s`, and it fires as soon as the watermark passes that, with
-everything the classroom sent in its window. The rows given to the operator carry no
+each classroom keeps its recent evidence signals and open requests (held per bucket of
+classrooms: `HelpWindowProcessor` says why); a request is due at its broker time +
+`window_after_s`, and goes out as soon as the watermark passes that, with everything the
+classroom sent in its window. The rows given to the operator carry no
 watermarked column, so Spark never drops a late request or late evidence: a late request is
 tagged at once with what is buffered.
 
@@ -15,38 +16,38 @@ of early_tags (faults start before the Help press, so the look-back usually deci
 window-closed pairs decide. Each help_id is tagged once either way (the sink's guard).
 
 Why `transformWithState` (rows) and not `transformWithStateInPandas`: the operator sees each
-classroom's few rows per micro-batch, and the pandas flavour builds a DataFrame per classroom
+classroom's few rows per micro-batch, and the pandas flavour built a DataFrame per group
 on the way in and out: about a seventh of the Python worker's time in the profile, more than
 the window logic itself (docs/BENCHMARKS.md, "bench help: the window buffer's pruning and its
 move to rows"). Plain rows also need no conversion to state values.
 
 Timers follow the query's watermark, which Spark records per batch in the offset log, so a
-replayed batch fires the same timers over the same state and emits the same pairs.
+replayed batch fires the same timers over the same state and emits the same pairs. Changing
+`help.key_buckets` moves classrooms away from their state: keep it while a checkpoint lives.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from pyspark.sql import DataFrame, Row
+from pyspark.sql import functions as F
 from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 
 from pipelines.config import HelpConfig
 from pipelines.transforms.help import (
     EARLY,
     EVIDENCE_COLUMNS,
-    EVIDENCE_FIELDS,
     REQUEST,
     REQUEST_COLUMNS,
-    REQUEST_FIELDS,
     STATE_PAIR_SCHEMA,
     Transform,
     window_pairs,
 )
 
-EVIDENCE_STATE = ", ".join(f"{n} {t}" for n, t in EVIDENCE_FIELDS)
-PENDING_STATE = ", ".join(f"{n} {t}" for n, t in (*REQUEST_FIELDS, ("due_ms", "long")))
 _PAIR_COLUMNS = (*REQUEST_COLUMNS, *EVIDENCE_COLUMNS, EARLY)
 # help_signals column -> request field
 _REQUEST_SOURCE = {"help_id": "help_id", "classroom_id": "classroom_id",
@@ -62,32 +63,114 @@ def _pair_row(pair: dict[str, Any], *, early: bool) -> Row:
     return _PAIR(*(early if c == EARLY else pair[c] for c in _PAIR_COLUMNS))
 
 
-def prune_plan(kafka_ms: list[int], watermark_ms: int, retain_ms: int, every_ms: int
-               ) -> tuple[list[bool], int | None]:
-    """Which buffered evidence rows to keep (broker time at most `retain_ms` behind the
-    watermark) and when to prune next (None: nothing left): when the oldest kept row falls
-    out, but no sooner than `every_ms` from now.
+@dataclass
+class WindowBucket:
+    """The window state of one bucket of classrooms, kept as one value.
 
-    Why the floor: a classroom with a steady trickle of signals always has a row just inside
-    the horizon, so pruning when it falls out meant reading and rewriting the whole buffer
-    in nearly every micro-batch (a fifth of the Python worker's time at 2,000 lessons,
-    docs/BENCHMARKS.md). Rows kept a little longer are harmless: each request still takes
-    only the evidence inside its own window.
+    ev: classroom -> its buffered evidence signals (EVIDENCE_COLUMNS tuples as lists);
+    pending: classroom -> help_id -> its open request (REQUEST_COLUMNS values, then due_ms);
+    timer: the one event-time timer registered for the bucket (None: none). A classroom with
+    no id is kept under "".
     """
-    horizon = watermark_ms - retain_ms
-    keep = [t >= horizon for t in kafka_ms]
-    kept = [t for t, k in zip(kafka_ms, keep, strict=True) if k]
-    if not kept:
-        return keep, None
-    return keep, max(min(kept) + retain_ms, watermark_ms + every_ms)
+
+    ev: dict[str, list[list[Any]]] = field(default_factory=dict)
+    pending: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    timer: int | None = None
+
+    def dumps(self) -> str:
+        return orjson.dumps({"ev": self.ev, "pending": self.pending,
+                             "timer": self.timer}).decode()
+
+    @classmethod
+    def loads(cls, text: str | None) -> WindowBucket:
+        if not text:
+            return cls()
+        raw = orjson.loads(text)
+        return cls(raw["ev"], raw["pending"], raw["timer"])
+
+    @property
+    def empty(self) -> bool:
+        return not (self.ev or self.pending)
+
+    @property
+    def held(self) -> tuple[int, int]:
+        """(evidence rows, open requests) held: what must stay flat over a long run."""
+        return (sum(len(rows) for rows in self.ev.values()),
+                sum(len(requests) for requests in self.pending.values()))
+
+    def evidence_of(self, classroom: str) -> list[dict[str, Any]]:
+        return [dict(zip(EVIDENCE_COLUMNS, t, strict=True)) for t in self.ev.get(classroom, ())]
+
+    def take_due(self, until_ms: int) -> list[tuple[str, dict[str, Any]]]:
+        """Remove and return (classroom, request) of every open request due at `until_ms`."""
+        out = []
+        for classroom in list(self.pending):
+            requests = self.pending[classroom]
+            for help_id in [h for h, v in requests.items() if v[-1] <= until_ms]:
+                out.append((classroom, dict(zip(REQUEST_COLUMNS, requests.pop(help_id)[:-1],
+                                                strict=True))))
+            if not requests:
+                del self.pending[classroom]
+        return out
+
+    def prune(self, watermark_ms: int, retain_ms: int) -> None:
+        """Drop evidence older (broker time) than `retain_ms` behind the watermark."""
+        horizon = watermark_ms - retain_ms
+        for classroom in list(self.ev):
+            kept = [t for t in self.ev[classroom] if t[_KAFKA_MS] >= horizon]
+            if kept:
+                self.ev[classroom] = kept
+            else:
+                del self.ev[classroom]
+
+    def reschedule(self, watermark_ms: int, retain_ms: int, every_ms: int
+                   ) -> tuple[int | None, int | None]:
+        """Keep one timer at the bucket's next wake-up: (timer to delete, timer to register).
+
+        The wake-up is the earliest open request's due time or, for evidence alone, when the
+        oldest row falls out, but no sooner than `every_ms` past the watermark. A registered
+        timer stays while no request is due before it. Why: a bucket with a steady trickle
+        of signals always has a row just inside the horizon, and would otherwise move its
+        timer (two round trips) in every micro-batch. A timer at or behind the watermark
+        fires in this batch, and Spark drops it.
+        """
+        live = self.timer if self.timer is not None and self.timer > watermark_ms else None
+        due = min((v[-1] for requests in self.pending.values() for v in requests.values()),
+                  default=None)
+        if self.empty:
+            wanted = None
+        elif live is not None and (due is None or due >= live):
+            return None, None
+        elif live is not None:
+            wanted = due
+        else:
+            oldest = min((t[_KAFKA_MS] for rows in self.ev.values() for t in rows), default=None)
+            wake = None if oldest is None else max(oldest + retain_ms, watermark_ms + every_ms)
+            wanted = min((t for t in (due, wake) if t is not None), default=None)
+        if wanted is not None and wanted == self.timer:
+            return None, None  # a due request's timer, still to fire in this batch
+        self.timer = wanted
+        return live, wanted
+
+
+_KAFKA_MS = EVIDENCE_COLUMNS.index("kafka_time_ms")
 
 
 class HelpWindowProcessor(StatefulProcessor):
-    """Per classroom: evidence signals (list), open requests (map help_id -> request), timers.
+    """Per bucket of classrooms (a hash of classroom_id into `key_buckets`): one value holds
+    each classroom's evidence signals and open requests (`WindowBucket`); one event-time timer
+    wakes the bucket at its earliest due request or evidence expiry.
 
-    Evidence is pruned on a cleanup timer once it is older (broker time) than any open or
-    future request can look back to: before + after + slack behind the watermark, at most
-    once per slack of broker time (`prune_plan`).
+    Why buckets and one value, not a group per classroom with a list, a map and a value state
+    each: a group costs several round trips between the Python worker and the JVM's state
+    server (set the key, append, exists, get, update, timers), and at 10,000 lessons thousands
+    of classrooms had a signal in every micro-batch: the window stage took 4.4 s of a 4.9 s
+    batch (docs/BENCHMARKS.md). A bucket costs set key, get and update, however many
+    classrooms it holds. The resolver's state is bucketed for the same reason.
+
+    Evidence is pruned whenever its bucket is saved, once it is older (broker time) than any
+    open or future request can look back to: before + after + slack behind the watermark; the
+    timer wakes an idle bucket to prune it (`WindowBucket.reschedule`).
     """
 
     def __init__(self, before_ms: int, after_ms: int, slack_ms: int, *, early: bool) -> None:
@@ -99,67 +182,64 @@ class HelpWindowProcessor(StatefulProcessor):
 
     def init(self, handle: StatefulProcessorHandle) -> None:
         self.handle = handle
-        self.evidence = handle.getListState("evidence", EVIDENCE_STATE)
-        self.pending = handle.getMapState("pending", "help_id string", PENDING_STATE)
-        self.cleanup_at = handle.getValueState("cleanup_at", "at long")
+        self.state = handle.getValueState("bucket", "body string")
 
     def handleInputRows(self, key: Any, rows: Iterator[Row],
                         timerValues: Any) -> Iterator[Row]:
-        evidence: list[Row] = []
-        requests: list[Row] = []
+        watermark = timerValues.getCurrentWatermarkInMs()
+        evidence: dict[str, list[list[Any]]] = {}
+        requests: dict[str, list[Row]] = {}
         for row in rows:
-            (requests if row["signal"] == REQUEST else evidence).append(row)
-        if evidence:
-            self.evidence.appendList([tuple(r[c] for c in EVIDENCE_COLUMNS) for r in evidence])
-            if not self.cleanup_at.exists():
-                self._schedule_cleanup(min(r["kafka_time_ms"] for r in evidence)
-                                       + self.retain_ms)
-        buffered = self._buffered() if self.early and requests else []
-        for row in requests:
-            request = {name: row[src] for name, src in _REQUEST_SOURCE.items()}
-            request["classroom_id"] = request["classroom_id"] or key[0]
-            due = int(request["request_kafka_ms"]) + self.after_ms
-            self.pending.updateValue((request["help_id"],),
-                                     (*[request[c] for c in REQUEST_COLUMNS], due))
-            self.handle.registerTimer(due)
-            for pair in window_pairs(request, buffered, self.before_ms, self.after_ms):
-                yield _pair_row(pair, early=True)
-
-    def _buffered(self) -> list[dict[str, Any]]:
-        return [dict(zip(EVIDENCE_COLUMNS, t, strict=True)) for t in self.evidence.get()]
+            classroom = row["classroom_id"] or ""
+            if row["signal"] == REQUEST:
+                requests.setdefault(classroom, []).append(row)
+            else:
+                evidence.setdefault(classroom, []).append([row[c] for c in EVIDENCE_COLUMNS])
+        stored = self.state.get()
+        bucket = WindowBucket.loads(stored[0] if stored else None)
+        for classroom, new in evidence.items():
+            bucket.ev.setdefault(classroom, []).extend(new)
+        out: list[Row] = []
+        for classroom, arrived in requests.items():
+            buffered = bucket.evidence_of(classroom) if self.early else []
+            for row in arrived:
+                request = {name: row[src] for name, src in _REQUEST_SOURCE.items()}
+                due = int(request["request_kafka_ms"]) + self.after_ms
+                bucket.pending.setdefault(classroom, {})[request["help_id"]] = [
+                    *[request[c] for c in REQUEST_COLUMNS], due]
+                out.extend(_pair_row(pair, early=True) for pair in window_pairs(
+                    request, buffered, self.before_ms, self.after_ms))
+        self._save(bucket, stored is not None, watermark)
+        yield from out
 
     def handleExpiredTimer(self, key: Any, timerValues: Any,
                            expiredTimerInfo: Any) -> Iterator[Row]:
-        expiry = expiredTimerInfo.getExpiryTimeInMs()
-        due = [(k, v) for k, v in self.pending.iterator() if v[-1] <= expiry]
+        stored = self.state.get()
+        if stored is None:
+            return
+        watermark = timerValues.getCurrentWatermarkInMs()
+        bucket = WindowBucket.loads(stored[0])
         out: list[Row] = []
-        if due:
-            evidence = self._buffered()
-            for help_key, value in due:
-                request = dict(zip(REQUEST_COLUMNS, value[:-1], strict=True))
-                out.extend(_pair_row(pair, early=False) for pair in window_pairs(
-                    request, evidence, self.before_ms, self.after_ms))
-                self.pending.removeKey(help_key)
-        cleanup = self.cleanup_at.get()
-        if cleanup is not None and cleanup[0] <= expiry:
-            self._prune(timerValues.getCurrentWatermarkInMs())
+        due = bucket.take_due(max(watermark, expiredTimerInfo.getExpiryTimeInMs()))
+        for classroom, request in due:
+            out.extend(_pair_row(pair, early=False) for pair in window_pairs(
+                request, bucket.evidence_of(classroom), self.before_ms, self.after_ms))
+        self._save(bucket, True, watermark)
         yield from out
 
-    def _schedule_cleanup(self, at_ms: int) -> None:
-        self.cleanup_at.update((int(at_ms),))
-        self.handle.registerTimer(int(at_ms))
-
-    def _prune(self, watermark_ms: int) -> None:
-        rows = list(self.evidence.get())
-        keep, next_at = prune_plan([t[4] for t in rows],  # t[4]: kafka_time_ms
-                                   watermark_ms, self.retain_ms, self.prune_every_ms)
-        if next_at is None:
-            self.evidence.clear()
-            self.cleanup_at.clear()
-            return
-        if not all(keep):
-            self.evidence.put([t for t, k in zip(rows, keep, strict=True) if k])
-        self._schedule_cleanup(next_at)
+    def _save(self, bucket: WindowBucket, stored: bool, watermark_ms: int) -> None:
+        """Prune the bucket, keep its one timer, store it (or clear it when empty)."""
+        bucket.prune(watermark_ms, self.retain_ms)
+        delete, register = bucket.reschedule(watermark_ms, self.retain_ms, self.prune_every_ms)
+        if delete is not None:
+            self.handle.deleteTimer(delete)
+        if register is not None:
+            self.handle.registerTimer(register)
+        if bucket.empty:
+            if stored:
+                self.state.clear()
+        else:
+            self.state.update((bucket.dumps(),))
 
     def close(self) -> None:
         pass
@@ -175,7 +255,8 @@ def buffer_requests_with_evidence(cfg: HelpConfig) -> Transform:
     def apply(df: DataFrame) -> DataFrame:
         # Dropping the watermarked column keeps Spark from filtering late rows out of the
         # operator; its timers still follow the query's watermark.
-        return (df.drop("kafka_timestamp").groupBy("classroom_id")
+        bucket = F.pmod(F.xxhash64("classroom_id"), F.lit(cfg.key_buckets))
+        return (df.drop("kafka_timestamp").withColumn("bucket", bucket).groupBy("bucket")
                   .transformWithState(processor, STATE_PAIR_SCHEMA, "Append", "EventTime"))
 
     return apply

@@ -385,13 +385,16 @@ def test_paced_simulation_closes_the_loop_over_kafka(broker: Any, tmp_path: Path
     thread.start()
     due: list[tuple[float, Action]] = []
     sent: dict[str, list[Action]] = defaultdict(list)
+    arrival_lag_ms: list[float] = []
     try:
         while thread.is_alive():
             for msg in watcher.consume(100, timeout=0.1):
                 if msg.error() is None and b'"help.request"' in (msg.value() or b""):
-                    help_id = orjson.loads(msg.value())["payload"]["help_id"]
+                    request = orjson.loads(msg.value())
+                    help_id = request["payload"]["help_id"]
+                    now_ms = time.time() * 1000
+                    arrival_lag_ms.append(now_ms - request["event_time"])
                     if help_id in plan:
-                        now_ms = time.time() * 1000
                         due += actions_for(truths[help_id], plan[help_id], int(now_ms))
             now_ms = time.time() * 1000
             for _, action in sorted((d for d in due if d[0] <= now_ms), key=lambda d: d[0]):
@@ -406,6 +409,10 @@ def test_paced_simulation_closes_the_loop_over_kafka(broker: Any, tmp_path: Path
         watcher.close()
         thread.join(30)
     assert "error" not in result, result.get("error")
+    # Paced: a request reaches a consumer about when it was sent (its event time), not a
+    # set-up later; and never before it.
+    assert arrival_lag_ms and min(arrival_lag_ms) > -50 and max(arrival_lag_ms) < 1000, (
+        min(arrival_lag_ms), max(arrival_lag_ms))
     summary = result["summary"]
     assert isinstance(summary, SimulationSummary) and summary.reactions is not None
     assert summary.reactions["duplicate"] == 1

@@ -319,6 +319,32 @@ def test_bench_help_markdown_names_the_command_that_reproduces_it(tmp_path: Path
     assert "from the simulator's start until every request was tagged" in text
 
 
+def test_bench_command_line_carries_the_overrides_that_change_the_measurement(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.bench.help import command_env
+
+    for name in [n for n in os.environ if n.startswith("LAKEHOUSE__")]:
+        monkeypatch.delenv(name)
+    assert command_env() == ""
+    monkeypatch.setenv("LAKEHOUSE__SIMULATOR__SAMPLE_INTERVAL_S", "4")
+    monkeypatch.setenv("LAKEHOUSE__HELP__STATE_PARTITIONS", "1")
+    monkeypatch.setenv("LAKEHOUSE__POSTGRES__PASSWORD", "secret")
+    monkeypatch.setenv("LAKEHOUSE__KAFKA__BOOTSTRAP_SERVERS", "somewhere:9092")
+    assert command_env() == ("LAKEHOUSE__HELP__STATE_PARTITIONS=1 "
+                             "LAKEHOUSE__SIMULATOR__SAMPLE_INTERVAL_S=4 ")
+
+
+def test_window_state_samples_split_by_half_of_the_simulation() -> None:
+    from pipelines.bench.help import WindowStateSampler
+
+    sampler = WindowStateSampler(None, "unused", enabled=True)  # type: ignore[arg-type]
+    sampler.samples = [(99.0, 500), (100.0, 10), (120.0, 40), (149.9, 30), (150.0, 35),
+                       (200.0, 20), (201.0, 900)]
+    assert sampler.halves(sim_start=100, sim_end=200) == (40, 35)
+    assert WindowStateSampler(None, "x", enabled=True).halves(  # type: ignore[arg-type]
+        sim_start=0, sim_end=1) == (0, 0)
+
+
 def test_progress_log_rate_counts_data_batches_only() -> None:
     from pipelines.bench.help import ProgressLog
 

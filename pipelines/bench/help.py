@@ -96,8 +96,8 @@ class LoadRun:
     state_rows: int
     # Max state rows in the first and second half of the simulation (by batch time): equal
     # halves mean the window state stays flat (evidence is pruned behind the watermark). State
-    # engine: evidence rows and open requests read back from the state (`window_state`);
-    # join engine: the query progress's state rows.
+    # engine: evidence rows and open requests read back from the state while the simulation
+    # runs (`WindowStateSampler`); join engine: the query progress's state rows.
     state_rows_halves: tuple[int, int] = (0, 0)
     # Where a data batch's time goes, median seconds: Spark's phases of the trigger (durationMs)
     # and, inside addBatch, the tag sink's (compute = the rules job and collect, kafka, delta).
@@ -216,9 +216,12 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
     sim = subprocess.Popen(paced_simulate_cmd(classrooms, duration_s, seed, truth_path), env=env,
                            stdout=log, stderr=subprocess.STDOUT)
     t0, t0_wall = time.monotonic(), time.time()
+    sampler = WindowStateSampler(spark, settings.checkpoint_path("help"),
+                                 enabled=engine == HelpEngine.STATE.value)
     while sim.poll() is None:
         time.sleep(1)
         watch.poll()
+        sampler.poll()
     sim_s = time.monotonic() - t0
     if sim.returncode != 0:
         raise RuntimeError(f"simulate failed ({sim.returncode}); see {root / 'simulate.log'}")
@@ -237,13 +240,11 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
     job.stop()
     busy = watch.data_batches("help")
     got = _tags(settings)
-    if engine == HelpEngine.STATE.value:
-        halves = _window_state_halves(spark, settings.checkpoint_path("help"), progress,
-                                      sim_start=t0_wall, sim_end=t0_wall + sim_s)
-        state = max(halves)
+    if sampler.enabled:
+        halves = sampler.halves(sim_start=t0_wall, sim_end=t0_wall + sim_s)
     else:
-        state = max((_state_rows(p) for p in progress.values()), default=0)
         halves = _state_halves(progress, sim_start=t0_wall, sim_end=t0_wall + sim_s)
+    state = max(halves)
     return LoadRun(
         classrooms=classrooms, engine=engine, requests=len(truth), tags=len(got),
         accuracy=sum(got.get(h) == c for h, c in truth.items()) / max(len(truth), 1),
@@ -254,48 +255,53 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
         phases=batch_phases(list(progress.values()), job.sink.timings), events=events, cpu=cpu)
 
 
-def _state_rows(progress: dict) -> int:
-    return sum(int(o.get("numRowsTotal") or 0) for o in progress.get("stateOperators") or [])
-
-
-def _batches_by_half(progress: dict[int, dict], sim_start: float, sim_end: float
-                     ) -> tuple[list[int], list[int]]:
-    """The batch ids that ran in the simulation's first half, and in its second."""
-    middle = (sim_start + sim_end) / 2
-    halves: tuple[list[int], list[int]] = ([], [])
-    for batch_id, p in sorted(progress.items()):
-        at = dt.datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp()
-        if sim_start <= at <= sim_end:
-            halves[int(at >= middle)].append(batch_id)
-    return halves
-
-
 def _state_halves(progress: dict[int, dict], *, sim_start: float, sim_end: float
                   ) -> tuple[int, int]:
     """Max state rows (the query progress's) over the batches of the simulation's first half,
     and of its second."""
-    first, second = _batches_by_half(progress, sim_start, sim_end)
-    return (max((_state_rows(progress[b]) for b in first), default=0),
-            max((_state_rows(progress[b]) for b in second), default=0))
+    middle = (sim_start + sim_end) / 2
+    halves = [0, 0]
+    for p in progress.values():
+        at = dt.datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp()
+        if sim_start <= at <= sim_end:
+            rows = sum(int(o.get("numRowsTotal") or 0) for o in p.get("stateOperators") or [])
+            halves[int(at >= middle)] = max(halves[int(at >= middle)], rows)
+    return halves[0], halves[1]
 
 
-def _window_state_halves(spark: SparkSession, checkpoint: str, progress: dict[int, dict], *,
-                         sim_start: float, sim_end: float, per_half: int = 4
-                         ) -> tuple[int, int]:
-    """Max evidence rows and open requests in the window state (`window_state`) over
-    `per_half` batches spread over each half of the simulation. A batch whose state Spark has
-    cleaned up already is skipped."""
-    out = []
-    for batches in _batches_by_half(progress, sim_start, sim_end):
-        step = max(1, len(batches) // per_half)
-        rows = 0
-        for batch_id in batches[step - 1::step][:per_half]:
-            try:
-                rows = max(rows, sum(window_state(spark, checkpoint, batch_id)))
-            except (PySparkException, Py4JJavaError):
-                continue
-        out.append(rows)
-    return out[0], out[1]
+class WindowStateSampler:
+    """Evidence rows and open requests in the help window's state (`window_state`), read
+    every `every_s` while the simulation runs.
+
+    Why while it runs: Spark keeps only the last `minBatchesToRetain` (100) state versions, so
+    a long run's first half cannot be read back afterwards. A read that fails (no batch
+    committed yet) is skipped.
+    """
+
+    def __init__(self, spark: SparkSession, checkpoint: str, *, enabled: bool,
+                 every_s: float = 10) -> None:
+        self.spark, self.checkpoint, self.enabled, self.every_s = (spark, checkpoint, enabled,
+                                                                   every_s)
+        self.samples: list[tuple[float, int]] = []  # (wall time, rows)
+        self._next = time.monotonic() + every_s
+
+    def poll(self) -> None:
+        if not self.enabled or time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.every_s
+        try:
+            self.samples.append((time.time(), sum(window_state(self.spark, self.checkpoint))))
+        except (PySparkException, Py4JJavaError):
+            return
+
+    def halves(self, *, sim_start: float, sim_end: float) -> tuple[int, int]:
+        """Max rows sampled in the simulation's first half, and in its second."""
+        middle = (sim_start + sim_end) / 2
+        out = [0, 0]
+        for at, rows in self.samples:
+            if sim_start <= at <= sim_end:
+                out[int(at >= middle)] = max(out[int(at >= middle)], rows)
+        return out[0], out[1]
 
 
 @contextlib.contextmanager

@@ -161,8 +161,9 @@ def run_simulation(settings: Settings, *, classrooms: int, duration_s: float, se
     pipeline: broker time and event time advance together, bad clocks stand out.
 
     `rate_multiplier` 0 produces as fast as possible; 1 paces simulated time to the wall
-    clock; 2 runs twice as fast. `start_ms` (default: now) is the event_time of simulated
-    second 0. The Help ground truth is written even if the run is interrupted.
+    clock; 2 runs twice as fast. `start_ms` is the event_time of simulated second 0
+    (default: now; for a paced run, now + `setup_lead_ms`, so that the set-up does not make
+    every event late). The Help ground truth is written even if the run is interrupted.
 
     `react` closes the loop (react.py): read classroom.help.actions between windows and let
     the clients react. Default: only when paced (a reaction delay means nothing faster than

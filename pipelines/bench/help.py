@@ -33,7 +33,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -255,18 +255,27 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
         phases=batch_phases(list(progress.values()), job.sink.timings), events=events, cpu=cpu)
 
 
+def _max_by_half(points: Iterable[tuple[float, int]], *, sim_start: float, sim_end: float
+                 ) -> tuple[int, int]:
+    """Max value of (wall time, value) points in the simulation's first half, and in its
+    second; points outside the simulation count in neither."""
+    middle = (sim_start + sim_end) / 2
+    out = [0, 0]
+    for at, value in points:
+        if sim_start <= at <= sim_end:
+            half = int(at >= middle)
+            out[half] = max(out[half], value)
+    return out[0], out[1]
+
+
 def _state_halves(progress: dict[int, dict], *, sim_start: float, sim_end: float
                   ) -> tuple[int, int]:
     """Max state rows (the query progress's) over the batches of the simulation's first half,
     and of its second."""
-    middle = (sim_start + sim_end) / 2
-    halves = [0, 0]
-    for p in progress.values():
-        at = dt.datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp()
-        if sim_start <= at <= sim_end:
-            rows = sum(int(o.get("numRowsTotal") or 0) for o in p.get("stateOperators") or [])
-            halves[int(at >= middle)] = max(halves[int(at >= middle)], rows)
-    return halves[0], halves[1]
+    points = ((dt.datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp(),
+               sum(int(o.get("numRowsTotal") or 0) for o in p.get("stateOperators") or []))
+              for p in progress.values())
+    return _max_by_half(points, sim_start=sim_start, sim_end=sim_end)
 
 
 class WindowStateSampler:
@@ -296,12 +305,7 @@ class WindowStateSampler:
 
     def halves(self, *, sim_start: float, sim_end: float) -> tuple[int, int]:
         """Max rows sampled in the simulation's first half, and in its second."""
-        middle = (sim_start + sim_end) / 2
-        out = [0, 0]
-        for at, rows in self.samples:
-            if sim_start <= at <= sim_end:
-                out[int(at >= middle)] = max(out[int(at >= middle)], rows)
-        return out[0], out[1]
+        return _max_by_half(self.samples, sim_start=sim_start, sim_end=sim_end)
 
 
 @contextlib.contextmanager

@@ -92,7 +92,8 @@ class SimulatorConfig(_Model):
     # Each participant's AV samples and heartbeat, and each lesson's whiteboard event, come once
     # per this many seconds. DESIGN.md's cadence says 2 s, which is ~5 events/s per lesson; its
     # stated average (2.5 events/s per lesson, issue 4's "10,000 lessons, about 25,000 events/s")
-    # is what 4 s gives. The benches take it as `--sample-interval`.
+    # is what 4 s gives. Benches take it from the environment
+    # (LAKEHOUSE__SIMULATOR__SAMPLE_INTERVAL_S) and record it in their command line.
     sample_interval_s: float = Field(2.0, ge=0.5, le=60)
     # Share of participants whose client already sends av.quality schema v2 (with `codec`).
     av_v2_share: float = Field(0.3, ge=0, le=1)

@@ -320,6 +320,12 @@ def tag_requests(cfg: HelpConfig) -> Transform:
     return apply
 
 
+def classroom_bucket(buckets: int) -> Column:
+    """The state group of a row's classroom: a hash of classroom_id into `buckets` (the help
+    window and the resolver keep one state value per group, not per classroom)."""
+    return F.pmod(F.xxhash64("classroom_id"), F.lit(buckets))
+
+
 def window_pairs(request: dict, evidence: Iterable[dict], before_ms: int,
                  after_ms: int) -> Iterator[dict]:
     """A request with each evidence row inside its event-time window; alone if none is."""

@@ -34,7 +34,6 @@ from typing import Any
 
 import orjson
 from pyspark.sql import DataFrame, Row
-from pyspark.sql import functions as F
 from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 
 from pipelines.config import HelpConfig
@@ -45,6 +44,7 @@ from pipelines.transforms.help import (
     REQUEST_COLUMNS,
     STATE_PAIR_SCHEMA,
     Transform,
+    classroom_bucket,
     window_pairs,
 )
 
@@ -61,6 +61,9 @@ _PAIR = Row(*_PAIR_COLUMNS)
 
 def _pair_row(pair: dict[str, Any], *, early: bool) -> Row:
     return _PAIR(*(early if c == EARLY else pair[c] for c in _PAIR_COLUMNS))
+
+
+_KAFKA_MS = EVIDENCE_COLUMNS.index("kafka_time_ms")
 
 
 @dataclass
@@ -151,9 +154,6 @@ class WindowBucket:
             return None, None  # a due request's timer, still to fire in this batch
         self.timer = wanted
         return live, wanted
-
-
-_KAFKA_MS = EVIDENCE_COLUMNS.index("kafka_time_ms")
 
 
 class HelpWindowProcessor(StatefulProcessor):
@@ -255,8 +255,8 @@ def buffer_requests_with_evidence(cfg: HelpConfig) -> Transform:
     def apply(df: DataFrame) -> DataFrame:
         # Dropping the watermarked column keeps Spark from filtering late rows out of the
         # operator; its timers still follow the query's watermark.
-        bucket = F.pmod(F.xxhash64("classroom_id"), F.lit(cfg.key_buckets))
-        return (df.drop("kafka_timestamp").withColumn("bucket", bucket).groupBy("bucket")
+        return (df.drop("kafka_timestamp")
+                  .withColumn("bucket", classroom_bucket(cfg.key_buckets)).groupBy("bucket")
                   .transformWithState(processor, STATE_PAIR_SCHEMA, "Append", "EventTime"))
 
     return apply

@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 
 from pipelines.config import HelpRulesConfig, ResolverConfig
-from pipelines.transforms.help import ROLES, Transform, signal_conditions
+from pipelines.transforms.help import ROLES, Transform, classroom_bucket, signal_conditions
 from pipelines.transforms.playbook import (
     FINAL_STATES,
     PAGE_TURN,
@@ -313,8 +313,7 @@ def run_playbooks(cfg: ResolverConfig) -> Transform:
     processor = ResolverProcessor(cfg)
 
     def apply(df: DataFrame) -> DataFrame:
-        bucket = F.pmod(F.xxhash64("classroom_id"), F.lit(cfg.key_buckets))
-        return (df.withColumn("bucket", bucket).groupBy("bucket")
+        return (df.withColumn("bucket", classroom_bucket(cfg.key_buckets)).groupBy("bucket")
                   .transformWithState(processor, TRANSITION_SCHEMA, "Append", "ProcessingTime"))
 
     return apply

@@ -17,6 +17,7 @@ from resolver_loop import (
     check_outcomes,
     consume_all,
     diagnostics,
+    envelope,
     gold,
     heartbeat,
     produce_tags,
@@ -28,6 +29,9 @@ from resolver_loop import (
 
 # ------------------------------------------------------------------------------ input rows
 def test_rows_keep_tags_fired_signals_heartbeats_and_diagnostics(spark: SparkSession) -> None:
+    """Heartbeats and page turns skip the contract: their envelope proves the role sends, a
+    broken payload does not change that; without a classroom or a known role they give
+    nothing. Signals still need a record the contract accepts."""
     from pipelines.config import HelpRulesConfig
     from pipelines.transforms.bronze import kafka_to_bronze
     from pipelines.transforms.resolver import resolver_inputs
@@ -38,6 +42,14 @@ def test_rows_keep_tags_fired_signals_heartbeats_and_diagnostics(spark: SparkSes
               ("classroom.signal", heartbeat("c1", "student", now)),
               ("classroom.help", diagnostics("c1", "h1", "TEACHER_MIC_MUTED", now)),
               ("classroom.signal", b"{not json"),
+              ("classroom.signal", heartbeat("c3", "teacher", now).replace(
+                  b'"rtt_ms":80', b'"rtt_ms":"slow"')),  # the contract rejects it
+              ("classroom.signal", heartbeat("c3", "admin", now)),  # no such role: nothing
+              ("classroom.signal", heartbeat("", "teacher", now)),  # no classroom: nothing
+              ("classroom.whiteboard", envelope("wb.page_turn", "c3", "student", now,
+                                                {"page": 2})),
+              ("classroom.av", av("c3", "student", now, muted=True).replace(
+                  b'"bitrate_kbps":32', b'"bitrate_kbps":"x"')),  # rejected: no signal
               ("tags", tag_message("c2", "h2", "VIDEO_FREEZE", now))]
     ts = datetime.fromtimestamp(now / 1000, UTC)
     raw = spark.createDataFrame(
@@ -50,6 +62,8 @@ def test_rows_keep_tags_fired_signals_heartbeats_and_diagnostics(spark: SparkSes
         ("c1", "mic_muted", "mic_muted", "teacher", None, None),
         ("c1", "alive", None, "student", None, None),
         ("c1", "diagnostics", None, "teacher", "h1", "TEACHER_MIC_MUTED"),
+        ("c3", "alive", None, "teacher", None, None),
+        ("c3", "page_turn", "page_turn", "student", None, None),
         ("c2", "tag", None, None, "h2", None)])
 
 

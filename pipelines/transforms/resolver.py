@@ -30,7 +30,14 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 
 from pipelines.config import HelpRulesConfig, ResolverConfig
-from pipelines.transforms.help import ROLES, Transform, classroom_bucket, signal_conditions
+from pipelines.transforms.help import (
+    CANDIDATE_PROBE,
+    ROLES,
+    Transform,
+    classroom_bucket,
+    signal_conditions,
+    with_json_probe,
+)
 from pipelines.transforms.playbook import (
     FINAL_STATES,
     PAGE_TURN,
@@ -67,30 +74,47 @@ def _has_finding() -> bool:
     return any(f.name == "finding" for f in UNION_PAYLOAD_FIELDS)
 
 
+LIVENESS = "_liveness"  # (kind, classroom_id, role) of a heartbeat or page turn: no validation
+
+
 def resolver_candidates(rules: HelpRulesConfig, tags_topic: str) -> Transform:
     """Bronze rows -> tag records and the records that could fire a signal, beat a heart or
     answer a diagnostics request, before the (costly) contract validation.
 
     A cheap `from_json` of the few fields the conditions read decides; a superset of what
-    resolver_rows keeps, so validation still has the last word.
+    resolver_rows keeps, so validation still has the last word on signals, tags and
+    diagnostics. Heartbeats and page turns get a `_liveness` struct instead, with `value`
+    nulled so the validation does no work on them (see resolver_inputs); others get null.
     """
-    probe_schema = ("event_type string, payload struct<"
+    probe_schema = ("event_type string, classroom_id string, role string, payload struct<"
                     + ", ".join(f"{n}: {t}" for n, t in _PROBE_FIELDS.items()) + ">")
 
     def apply(df: DataFrame) -> DataFrame:
-        probe = F.from_json(F.col("value"), probe_schema)
+        probe = F.col(CANDIDATE_PROBE)
         etype = probe["event_type"]
-        keep = ((F.col("topic") == tags_topic)
-                | etype.isin(HEARTBEAT, DIAGNOSTICS_EVENT, PAGE_TURN_EVENT))
+        fires = F.lit(False)
         for fired in signal_conditions(rules, etype, probe["payload"]).values():
-            keep = keep | fired
-        return df.where(F.coalesce(keep, F.lit(False)))
+            fires = fires | F.coalesce(fired, F.lit(False))
+        keep = ((F.col("topic") == tags_topic) | fires
+                | etype.isin(HEARTBEAT, DIAGNOSTICS_EVENT, PAGE_TURN_EVENT))
+        live = (F.col("topic") != tags_topic) & ~fires & probe["role"].isin(*ROLES) \
+            & (F.length(probe["classroom_id"]) > 0)
+        live_kind = (F.when(live & (etype == HEARTBEAT), F.lit(ALIVE))
+                      .when(live & (etype == PAGE_TURN_EVENT), F.lit(PAGE_TURN)))
+        liveness = F.when(live_kind.isNotNull(), F.struct(
+            live_kind.alias("kind"), probe["classroom_id"].alias("classroom_id"),
+            probe["role"].alias("role")))
+        return (df.transform(with_json_probe(probe_schema, CANDIDATE_PROBE))
+                  .where(F.coalesce(keep, F.lit(False)))
+                  .select(*df.columns, liveness.alias(LIVENESS))
+                  .withColumn("value", F.when(F.col(LIVENESS).isNull(), F.col("value"))))
 
     return apply
 
 
 def resolver_rows(rules: HelpRulesConfig, tags_topic: str) -> Transform:
-    """Validated rows (and tag records) -> the processor's input (INPUT_SCHEMA).
+    """Validated rows (and tag records, and `_liveness` rows) -> the processor's input
+    (INPUT_SCHEMA).
 
     One projection and one explode (no union: the Kafka source is read once). A rejected
     record gives nothing; a tag record passes whole as `body` (the processor parses it).
@@ -99,13 +123,15 @@ def resolver_rows(rules: HelpRulesConfig, tags_topic: str) -> Transform:
     def apply(df: DataFrame) -> DataFrame:
         p = F.col("payload")
         is_tag = F.col("topic") == tags_topic
+        live = F.col(LIVENESS)
         valid = F.col("reject_reason").isNull() & F.col("role").isin(*ROLES)
         etype = F.col("event_type")
         fired = F.filter(F.array(*[F.when(c, F.lit(n))
                                     for n, c in signal_conditions(rules).items()]),
                          lambda s: s.isNotNull())
         none = F.array().cast("array<string>")
-        kinds = (F.when(is_tag, F.array(F.lit(TAG))).when(~valid, none)
+        kinds = (F.when(is_tag, F.array(F.lit(TAG)))
+                 .when(live.isNotNull(), F.array(live["kind"])).when(~valid, none)
                  .when(etype == DIAGNOSTICS_EVENT, F.array(F.lit(DIAGNOSTICS)))
                  .when(F.size(fired) > 0, fired)
                  .when(etype == PAGE_TURN_EVENT, F.array(F.lit(PAGE_TURN)))
@@ -114,9 +140,11 @@ def resolver_rows(rules: HelpRulesConfig, tags_topic: str) -> Transform:
         kafka_ms = (F.unix_micros(F.col("kafka_timestamp")) / 1000).cast("long")
         rows = df.select(
             F.when(is_tag, F.get_json_object("value", "$.classroom_id"))
-             .otherwise(F.col("classroom_id")).alias("classroom_id"),
+             .otherwise(F.coalesce(live["classroom_id"], F.col("classroom_id")))
+             .alias("classroom_id"),
             F.explode(kinds).alias("kind"),
-            F.col("role"), kafka_ms.alias("kafka_time_ms"),
+            F.coalesce(live["role"], F.col("role")).alias("role"),
+            kafka_ms.alias("kafka_time_ms"),
             F.when(is_tag, F.get_json_object("value", "$.help_id"))
              .otherwise(p["help_id"]).alias("help_id"),
             finding.alias("finding"), F.when(is_tag, F.col("value")).alias("body"))
@@ -320,12 +348,19 @@ def run_playbooks(cfg: ResolverConfig) -> Transform:
 
 
 def resolver_inputs(rules: HelpRulesConfig, tags_topic: str) -> Transform:
-    """Bronze rows -> processor input: candidates, the shared validation, rows."""
+    """Bronze rows -> processor input: candidates, the shared validation, rows.
+
+    Heartbeats and page turns skip the contract validation: they only tell that a role's
+    client is sending (and, a page turn, that its whiteboard renders), which their envelope
+    (classroom, role, broker time) shows whatever the rest says. They were four in five of
+    the rows validated, and validating them doubled the JVM cost of the resolver's input
+    (docs/BENCHMARKS.md, 2026-11-27).
+    """
     from pipelines.transforms.validate import parse_and_validate
 
     def apply(df: DataFrame) -> DataFrame:
         return (df.transform(resolver_candidates(rules, tags_topic))
-                  .transform(parse_and_validate)
+                  .transform(parse_and_validate, (LIVENESS,))
                   .transform(resolver_rows(rules, tags_topic)))
 
     return apply

@@ -304,7 +304,7 @@ def _payload_struct() -> str:
     return f"CASE WHEN {_env_lookup('payload').type_ok} THEN named_struct({fields}) END"
 
 
-def _result(df: DataFrame) -> DataFrame:
+def _result(df: DataFrame, carry: tuple[str, ...] = ()) -> DataFrame:
     env = _env_lookup
     schema = envelope_spark_schema()
     event_type, version = env("event_type").value, env("schema_version").value
@@ -326,17 +326,20 @@ def _result(df: DataFrame) -> DataFrame:
         F.expr(_payload_struct()).alias("payload"),
         F.expr("coalesce(_env_reject, _payload_reject).reason").alias("reject_reason"),
         F.expr("coalesce(_env_reject, _payload_reject).rule").alias("reject_rule"),
+        *carry,
     )
 
 
-def parse_and_validate(df: DataFrame) -> DataFrame:
+def parse_and_validate(df: DataFrame, carry: tuple[str, ...] = ()) -> DataFrame:
     """bronze.events -> one typed row per record with `reject_reason`/`reject_rule`.
 
     Needs `value` (the record as text where it is UTF-8; null otherwise, and then malformed)
     and the bronze coordinates; keeps `event_time` and `kafka_timestamp` so the skew, lateness
-    and duplicate checks downstream can run on the result.
+    and duplicate checks downstream can run on the result. `carry` names extra input columns
+    to pass through unchanged (no `_type_` in their names).
     """
-    return df.transform(_parse).transform(_leaves).transform(_values).transform(_result)
+    return (df.transform(_parse).transform(_leaves).transform(_values)
+              .transform(_result, carry))
 
 
 def flatten_payload(df: DataFrame) -> DataFrame:

@@ -265,13 +265,18 @@ def bench_validate(
     records: Annotated[int, typer.Option(min=1000, help="Simulated records.")] = 100_000,
     reps: Annotated[int, typer.Option(min=3, help="Repetitions per run (2 warm up).")] = 8,
     rounds: Annotated[int, typer.Option(min=1, help="Rounds of the JVM-option variants.")] = 2,
+    plan: Annotated[str, typer.Option(
+        help="What to time: contract (the validation), help or resolver (that job's input "
+             "plan before its state).")] = "contract",
     output: Annotated[Path, typer.Option(help="Markdown file to append results to.")] = Path(
         "docs/BENCHMARKS.md"),
 ) -> None:
-    """The contract validation's CPU per record, with and without JIT of huge methods."""
+    """The contract validation's (or a fast-path job's input plan's) CPU per record, with and
+    without JIT of huge methods."""
     from pipelines.bench.validate import run_validate_bench
 
-    run_validate_bench(records=records, reps=reps, rounds=rounds, output=output, console=console)
+    run_validate_bench(records=records, reps=reps, rounds=rounds, output=output, console=console,
+                       plan=plan)
 
 
 # ---------------------------------------------------------------------------- demo

@@ -117,12 +117,21 @@ def test_bench_validate_measures_the_validation(spark: SparkSession, tmp_path: P
     assert run.rejects == sum(1 for v in values if validate_raw(v)) > 0
     assert run.wall_s > 0 and run.jvm_cpu_s > 0
 
+    assert run.rows_out == 3000
+
+    # The fast-path jobs' input plans over the same records: the resolver keeps more rows than
+    # the help job (heartbeats), both far fewer than they read.
+    help_run = measure(spark, values, reps=3, plan="help", settings=settings)
+    resolver_run = measure(spark, values, reps=3, plan="resolver", settings=settings)
+    assert 0 < help_run.rows_out < resolver_run.rows_out < 3000
+    assert help_run.jvm_cpu_s > 0 and resolver_run.plan == "resolver"
+
     runs = [run, dataclasses.replace(run, variant="no-huge-jit", jvm_cpu_s=run.jvm_cpu_s * 2)]
     assert _ratios(runs) == [0.5]
     output = tmp_path / "BENCHMARKS.md"
     _append_markdown(output, 3000, 3, runs, _ratios(runs))
     text = output.read_text()
-    assert "lakehouse bench validate --records 3000 --reps 3 --rounds 1" in text
+    assert "lakehouse bench validate --records 3000 --reps 3 --rounds 1 --plan contract" in text
     assert "default / no-huge-jit, per round: 0.50x" in text
 
 

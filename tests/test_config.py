@@ -44,6 +44,16 @@ def test_bad_value_names_the_key() -> None:
         load_settings(environ=env(LAKEHOUSE__KAFKA__MAX_RECORDS_PER_TRIGGER="-5"))
 
 
+def test_quiet_confirm_must_span_more_than_one_client_sample() -> None:
+    """At a 4 s sample cadence the default 3 s healthy span fits between two bad samples."""
+    with pytest.raises(ConfigError, match=r"healthy_span_s \(3 s\) must exceed "
+                                          r"simulator\.sample_interval_s \(4 s\)"):
+        load_settings(environ=env(LAKEHOUSE__SIMULATOR__SAMPLE_INTERVAL_S="4"))
+    settings = load_settings(environ=env(LAKEHOUSE__SIMULATOR__SAMPLE_INTERVAL_S="4",
+                                         LAKEHOUSE__RESOLVER__HEALTHY_SPAN_S="5"))
+    assert settings.resolver.healthy_span_s == 5
+
+
 def test_unknown_key_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"kafka\.max_record_per_trigger"):
         load_settings(environ=env(LAKEHOUSE__KAFKA__MAX_RECORD_PER_TRIGGER="5"))

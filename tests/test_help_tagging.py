@@ -449,3 +449,40 @@ def test_ticker_stop_lets_its_producer_go(broker_settings) -> None:
     with pytest.raises(RuntimeError, match="stopped"):
         ticker.tick()
     ticker.stop()  # a second stop is harmless
+
+
+def test_ticks_close_windows_in_the_batch_that_read_them(spark) -> None:
+    """A request's window closes in the batch whose newest tick is the watermark delay past its
+    due time (help_window.py, "In-batch close"), with its classroom's evidence; not sooner. One
+    static batch: no watermark moves here, so nothing else can close it."""
+    from pipelines.transforms.help_window import buffer_requests_with_evidence
+
+    cfg = HelpConfig()  # window_after_s 5, watermark_delay_s 2
+    after_ms, delay_ms = int(cfg.window_after_s * 1000), int(cfg.watermark_delay_s * 1000)
+    columns = ("classroom_id string, kafka_timestamp timestamp, kafka_time_ms long, "
+               "event_time_ms long, event_id string, role string, lesson_id string, "
+               "user_id string, help_id string, category string, packet_loss_pct double, "
+               "rtt_ms long, freeze_count long, detail string, signal string")
+
+    def row(signal: str, kafka_ms: int, classroom: str | None = None,
+            help_id: str | None = None) -> dict:
+        return {"classroom_id": classroom, "kafka_timestamp": datetime.fromtimestamp(
+                    kafka_ms / 1000, UTC), "kafka_time_ms": kafka_ms, "event_time_ms": kafka_ms,
+                "event_id": f"e-{signal}-{kafka_ms}", "role": "student", "help_id": help_id,
+                "signal": signal}
+
+    def closed(ticks: list[int]) -> dict[str, list]:
+        rows = [row("mic_muted", T0 - 2000, "c1"), row("request", T0, "c1", "h1"),
+                row("request", T0 + 3000, "c2", "h2"), *(row("tick", t) for t in ticks)]
+        pairs = (spark.createDataFrame(rows, columns)
+                 .transform(buffer_requests_with_evidence(cfg)).where("NOT early").collect())
+        out: dict[str, list] = {}
+        for p in pairs:
+            out.setdefault(p["help_id"], []).append(p["signal"])
+        return out
+
+    due_h1 = T0 + after_ms + delay_ms
+    assert closed([T0 + 1000]) == {}
+    assert closed([T0 + 1000, due_h1 - 1]) == {}
+    assert closed([due_h1 - 1, due_h1]) == {"h1": ["mic_muted"]}
+    assert closed([due_h1 + 3000]) == {"h1": ["mic_muted"], "h2": [None]}

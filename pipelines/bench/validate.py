@@ -13,6 +13,11 @@ the variants alternate over rounds so a noisy neighbour hits both alike:
 
 Per run: the median over the measured repetitions (the first `WARMUP_REPS` warm the JIT and
 are not counted) of the wall time and of the JVM's CPU time (all threads: tasks, JIT, GC).
+
+`--plan` picks what is timed on the same records: `contract` (the validation alone), or the
+input plan of a Help fast-path job before its stateful operator, `help` (candidates,
+validation, signals) or `resolver` (candidates, validation, its input rows). Those two read
+every record, so their CPU per record is what each job's input costs at a given event rate.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,14 +38,16 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.bench.help import command_env
 from pipelines.config import Settings, load_settings
 
 if TYPE_CHECKING:
     import psutil
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 WARMUP_REPS = 2
 VARIANTS = {"default": "", "no-huge-jit": "-XX:+DontCompileHugeMethods"}
+PLANS = ("contract", "help", "resolver")
 _RESULT_MARK = "VALIDATE-RESULT "
 
 
@@ -52,6 +60,8 @@ class ValidateRun:
     rejects: int
     wall_s: float
     jvm_cpu_s: float
+    plan: str = "contract"
+    rows_out: int | None = None
 
     @property
     def cpu_us_per_record(self) -> float:
@@ -68,9 +78,27 @@ def simulated_records(settings: Settings, records: int, seed: int = 7) -> list[b
     return (values * (records // len(values) + 1))[:records]
 
 
-def measure(spark: SparkSession, values: list[bytes], reps: int,
-            variant: str = "default") -> ValidateRun:
-    """Validate `values` `reps` times into the noop sink on `spark`; medians after warm-up."""
+def timed_plan(plan: str, settings: Settings) -> Callable[[DataFrame], DataFrame]:
+    """The transform `--plan` names, with the configured rules."""
+    from pipelines.transforms.help import help_candidates, help_signals
+    from pipelines.transforms.resolver import resolver_inputs
+    from pipelines.transforms.validate import parse_and_validate
+
+    rules = settings.help.rules
+    if plan == "contract":
+        return parse_and_validate
+    if plan == "help":
+        return lambda df: (df.transform(help_candidates(rules)).transform(parse_and_validate)
+                             .transform(help_signals(rules)))
+    if plan == "resolver":
+        return resolver_inputs(rules, settings.kafka_topic(settings.help.tags_topic))
+    raise ValueError(f"unknown plan {plan!r}; one of {', '.join(PLANS)}")
+
+
+def measure(spark: SparkSession, values: list[bytes], reps: int, variant: str = "default",
+            plan: str = "contract", settings: Settings | None = None) -> ValidateRun:
+    """Run `plan` over `values` `reps` times into the noop sink on `spark`; medians after
+    warm-up."""
     from pipelines.bench.memory import jvm_process
     from pipelines.bench.stages import bronze_batch
     from pipelines.transforms.validate import parse_and_validate
@@ -83,21 +111,22 @@ def measure(spark: SparkSession, values: list[bytes], reps: int,
     bronze = spark.createDataFrame(rows).repartition(spark.sparkContext.defaultParallelism)
     bronze = bronze.cache()
     bronze.count()
-    validated = bronze.transform(parse_and_validate)
-    rejects = validated.where("reject_reason IS NOT NULL").count()
+    rejects = bronze.transform(parse_and_validate).where("reject_reason IS NOT NULL").count()
+    timed = bronze.transform(timed_plan(plan, settings or load_settings()))
+    rows_out = timed.count()
     jvm = jvm_process()
     walls, cpus = [], []
     try:
         for _ in range(reps):
             cpu = _cpu_seconds(jvm)
             start = time.perf_counter()
-            validated.write.format("noop").mode("overwrite").save()
+            timed.write.format("noop").mode("overwrite").save()
             walls.append(time.perf_counter() - start)
             cpus.append(_cpu_seconds(jvm) - cpu)
     finally:
         bronze.unpersist()
     return ValidateRun(variant, len(values), rejects, statistics.median(walls[WARMUP_REPS:]),
-                       statistics.median(cpus[WARMUP_REPS:]))
+                       statistics.median(cpus[WARMUP_REPS:]), plan, rows_out)
 
 
 def _cpu_seconds(process: psutil.Process | None) -> float:
@@ -107,7 +136,7 @@ def _cpu_seconds(process: psutil.Process | None) -> float:
     return float(times.user + times.system)
 
 
-def run_one(variant: str, records: int, reps: int) -> ValidateRun:
+def run_one(variant: str, records: int, reps: int, plan: str = "contract") -> ValidateRun:
     """A variant in this process (the `python -m` entry): its own session and JVM options."""
     from pipelines.spark import build_spark
 
@@ -120,14 +149,16 @@ def run_one(variant: str, records: int, reps: int) -> ValidateRun:
         settings = settings.model_copy(update={"spark": spark_conf})
     spark = build_spark(settings, app_name=f"bench-validate-{variant}")
     try:
-        return measure(spark, simulated_records(settings, records), reps, variant)
+        return measure(spark, simulated_records(settings, records), reps, variant, plan,
+                       settings)
     finally:
         spark.stop()
 
 
-def _run_isolated(variant: str, records: int, reps: int) -> ValidateRun:
+def _run_isolated(variant: str, records: int, reps: int, plan: str) -> ValidateRun:
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.bench.validate", variant, str(records), str(reps)],
+        [sys.executable, "-m", "pipelines.bench.validate", variant, str(records), str(reps),
+         plan],
         capture_output=True, text=True, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith(_RESULT_MARK):
@@ -136,24 +167,29 @@ def _run_isolated(variant: str, records: int, reps: int) -> ValidateRun:
 
 
 def run_validate_bench(*, records: int, reps: int, rounds: int, output: Path | None,
-                       console: Console) -> list[ValidateRun]:
+                       console: Console, plan: str = "contract") -> list[ValidateRun]:
+    if plan not in PLANS:
+        raise ValueError(f"unknown plan {plan!r}; one of {', '.join(PLANS)}")
     runs = []
     for round_ in range(rounds):
         for variant in VARIANTS:
             console.print(f"round {round_ + 1}/{rounds}: {variant} ...")
-            runs.append(_run_isolated(variant, records, reps))
-    table = Table(title=f"bench validate: {records:,} records x {reps} repetitions")
-    for column in ("round", "variant", "rejects", "wall s", "JVM CPU s", "CPU us/record"):
+            runs.append(_run_isolated(variant, records, reps, plan))
+    table = Table(title=f"bench validate --plan {plan}: {records:,} records x {reps} "
+                        "repetitions")
+    for column in ("round", "variant", "rejects", "rows out", "wall s", "JVM CPU s",
+                   "CPU us/record"):
         table.add_column(column, justify="right")
     for i, run in enumerate(runs):
         table.add_row(str(i // len(VARIANTS) + 1), run.variant, f"{run.rejects:,}",
-                      f"{run.wall_s:.2f}", f"{run.jvm_cpu_s:.2f}", f"{run.cpu_us_per_record:.1f}")
+                      f"{run.rows_out or 0:,}", f"{run.wall_s:.2f}", f"{run.jvm_cpu_s:.2f}",
+                      f"{run.cpu_us_per_record:.1f}")
     console.print(table)
     ratios = _ratios(runs)
     console.print("default / no-huge-jit JVM CPU per round: "
                   + ", ".join(f"{r:.2f}x" for r in ratios))
     if output is not None:
-        _append_markdown(output, records, reps, runs, ratios)
+        _append_markdown(output, records, reps, runs, ratios, plan)
     return runs
 
 
@@ -164,18 +200,21 @@ def _ratios(runs: list[ValidateRun]) -> list[float]:
 
 
 def _append_markdown(output: Path, records: int, reps: int, runs: list[ValidateRun],
-                     ratios: list[float]) -> None:
+                     ratios: list[float], plan: str = "contract") -> None:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     rounds = len(runs) // len(VARIANTS)
     lines = [
         "", f"## bench validate — {when}", "",
-        f"Command: `lakehouse bench validate --records {records} --reps {reps} --rounds "
-        f"{rounds}` ({os.cpu_count()} cores; load average after {os.getloadavg()[0]:.1f}). "
-        "Method: module docstring of `pipelines/bench/validate.py`.", "",
-        "| round | variant | rejects | wall s (median) | JVM CPU s (median) | CPU us/record |",
-        "|---:|---|---:|---:|---:|---:|",
-        *(f"| {i // len(VARIANTS) + 1} | {r.variant} | {r.rejects:,} | {r.wall_s:.2f} "
-          f"| {r.jvm_cpu_s:.2f} | {r.cpu_us_per_record:.1f} |" for i, r in enumerate(runs)),
+        f"Command: `{command_env()}lakehouse bench validate --records {records} --reps {reps} "
+        f"--rounds {rounds} --plan {plan}` ({os.cpu_count()} cores; load average after "
+        f"{os.getloadavg()[0]:.1f}). Method: module docstring of "
+        "`pipelines/bench/validate.py`.", "",
+        "| round | variant | rejects | rows out | wall s (median) | JVM CPU s (median) "
+        "| CPU us/record |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+        *(f"| {i // len(VARIANTS) + 1} | {r.variant} | {r.rejects:,} | {r.rows_out or 0:,} "
+          f"| {r.wall_s:.2f} | {r.jvm_cpu_s:.2f} | {r.cpu_us_per_record:.1f} |"
+          for i, r in enumerate(runs)),
         "", "JVM CPU, default / no-huge-jit, per round: "
         + ", ".join(f"{r:.2f}x" for r in ratios) + ".", "",
     ]
@@ -185,5 +224,5 @@ def _append_markdown(output: Path, records: int, reps: int, runs: list[ValidateR
 
 
 if __name__ == "__main__":
-    result = run_one(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    result = run_one(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     print(_RESULT_MARK + json.dumps(result.__dict__), flush=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipelines.config.base import ConfigError, _Model
 from pipelines.config.help import HelpConfig, ResolverConfig
@@ -49,6 +49,21 @@ class Settings(_Model):
     resolver: ResolverConfig = Field(default_factory=ResolverConfig)
     gold: GoldConfig = Field(default_factory=GoldConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
+
+    @model_validator(mode="after")
+    def _quiet_span_covers_a_sample(self) -> Settings:
+        """A "quiet" confirm must span more than one client sample: with samples every 4 s, a
+        3 s span fits between two bad samples of a fault that is still there, and the resolver
+        declared it healthy (16 of 316 RESOLVED_AUTO cases at 4,000 lessons, every one a
+        ground-truth breach; docs/BENCHMARKS.md, 2026-11-27)."""
+        interval, span = self.simulator.sample_interval_s, self.resolver.healthy_span_s
+        if span <= interval:
+            raise ValueError(
+                f"resolver.healthy_span_s ({span:g} s) must exceed simulator.sample_interval_s "
+                f"({interval:g} s), the clients' sample cadence: a shorter span fits between two "
+                "bad samples of a fault that is still there (set e.g. "
+                f"LAKEHOUSE__RESOLVER__HEALTHY_SPAN_S={interval + 1:g})")
+        return self
 
     def table_path(self, table: str) -> str:
         """`bronze.events` -> <root>/bronze/events."""

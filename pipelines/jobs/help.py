@@ -74,13 +74,16 @@ def help_stream(spark: SparkSession, settings: Settings, checkpoint: str) -> Dat
     # Test accounts are flagged as silver flags them (a column, not a Filter): their records
     # are neither evidence nor Help requests.
     delay = f"{int(cfg.watermark_delay_s * 1000)} milliseconds"
+    # The state engine closes windows from the ticks of the batch (help_window.py); the join
+    # engine only needs them for its watermark.
+    tick_topic = topics[-1] if cfg.engine is HelpEngine.STATE else None
     signals = (read_kafka_stream(spark, settings, topics, checkpoint=checkpoint)
                .transform(kafka_to_bronze)
                .withWatermark("kafka_timestamp", delay)
-               .transform(help_candidates(cfg.rules))
+               .transform(help_candidates(cfg.rules, tick_topic))
                .transform(parse_and_validate)
                .transform(flag_filtered_users(settings.silver.filtered_users))
-               .transform(help_signals(cfg.rules)))
+               .transform(help_signals(cfg.rules, tick_topic)))
     if cfg.engine is HelpEngine.JOIN:
         return (signals.transform(join_requests_with_evidence(cfg))
                        .transform(aggregate_evidence(extra_keys=["request_kafka_ts"])))

@@ -33,6 +33,7 @@ HELP_TOPICS = ("classroom.av", "classroom.signal", "classroom.whiteboard", "clas
                "classroom.help")
 ROLES = ("teacher", "student")
 REQUEST = "request"  # the `signal` of a help.request row
+TICK = "tick"  # the `signal` of a record of the help job's own tick topic
 
 # The request half of every pair, and the evidence half (null when nothing was in the window).
 REQUEST_FIELDS = (("help_id", "string"), ("classroom_id", "string"), ("lesson_id", "string"),
@@ -101,7 +102,7 @@ _PROBE_FIELDS = ("direction", "media", "packet_loss_pct", "rtt_ms", "freeze_coun
                  "step")
 
 
-def help_candidates(rules: HelpRulesConfig) -> Transform:
+def help_candidates(rules: HelpRulesConfig, tick_topic: str | None = None) -> Transform:
     """Bronze rows -> the ones that could be a help.request or fire a signal, before the
     (costly) contract validation; a superset, so the rows validated decide as before.
 
@@ -123,6 +124,8 @@ def help_candidates(rules: HelpRulesConfig) -> Transform:
         candidate = probe["event_type"] == "help.request"
         for fired in signal_conditions(rules, probe["event_type"], probe["payload"]).values():
             candidate = candidate | fired
+        if tick_topic is not None:
+            candidate = candidate | (F.col("topic") == tick_topic)
         return (df.transform(with_json_probe(probe_schema, CANDIDATE_PROBE))
                   .where(F.coalesce(candidate, F.lit(False)) | F.col("kafka_timestamp").isNull())
                   .drop(CANDIDATE_PROBE))
@@ -130,8 +133,9 @@ def help_candidates(rules: HelpRulesConfig) -> Transform:
     return apply
 
 
-def help_signals(rules: HelpRulesConfig) -> Transform:
-    """Validated rows -> one row per help.request and one per fired evidence signal.
+def help_signals(rules: HelpRulesConfig, tick_topic: str | None = None) -> Transform:
+    """Validated rows -> one row per help.request and one per fired evidence signal (and, with
+    `tick_topic`, one `tick` row per record of the job's own ticks: how far the batch read).
 
     Every other row (and every rejected one) is dropped here. One projection and one explode,
     no union, so the Kafka source is read once; and no Filter, which Spark would push below
@@ -147,6 +151,8 @@ def help_signals(rules: HelpRulesConfig) -> Transform:
         valid = F.col("reject_reason").isNull()
         signals = (F.when(~valid, F.array().cast("array<string>"))
                     .when(is_request, F.array(F.lit(REQUEST))).otherwise(fired))
+        if tick_topic is not None:
+            signals = F.when(F.col("topic") == tick_topic, F.array(F.lit(TICK))).otherwise(signals)
         return (df.select(F.col("classroom_id"), F.col("kafka_timestamp"),
                           _ms(F.col("kafka_timestamp")).cast("long").alias("kafka_time_ms"),
                           F.col("event_time_ms").cast("long").alias("event_time_ms"),

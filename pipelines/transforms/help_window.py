@@ -21,8 +21,17 @@ on the way in and out: about a seventh of the Python worker's time in the profil
 the window logic itself (docs/BENCHMARKS.md, "bench help: the window buffer's pruning and its
 move to rows"). Plain rows also need no conversion to state values.
 
+In-batch close: Spark applies a watermark only in the batch after the one that read it, so a
+window closed by timers goes out two micro-batches after the records that closed it were
+read. The job's own ticks (`help.tick_topic`) show how far a batch read: every tick row goes
+to every bucket, and a request is closed in the batch whose newest tick is `watermark_delay_s`
+past its due time, the same rule as the watermark's, one batch sooner. Every partition is
+read to the same moment in a batch (pipelines/io/kafka_source.py), so the evidence up to
+there is in this batch or the state.
+
 Timers follow the query's watermark, which Spark records per batch in the offset log, so a
-replayed batch fires the same timers over the same state and emits the same pairs. Changing
+replayed batch fires the same timers over the same state and emits the same pairs; a replayed
+batch reads the same ticks, so the in-batch close repeats too. Changing
 `help.key_buckets` moves classrooms away from their state: keep it while a checkpoint lives.
 """
 
@@ -34,6 +43,7 @@ from typing import Any
 
 import orjson
 from pyspark.sql import DataFrame, Row
+from pyspark.sql import functions as F
 from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 
 from pipelines.config import HelpConfig
@@ -43,6 +53,7 @@ from pipelines.transforms.help import (
     REQUEST,
     REQUEST_COLUMNS,
     STATE_PAIR_SCHEMA,
+    TICK,
     Transform,
     classroom_bucket,
     window_pairs,
@@ -173,9 +184,11 @@ class HelpWindowProcessor(StatefulProcessor):
     timer wakes an idle bucket to prune it (`WindowBucket.reschedule`).
     """
 
-    def __init__(self, before_ms: int, after_ms: int, slack_ms: int, *, early: bool) -> None:
+    def __init__(self, before_ms: int, after_ms: int, slack_ms: int, *, early: bool,
+                 delay_ms: int | None = None) -> None:
         self.before_ms = before_ms
         self.after_ms = after_ms
+        self.delay_ms = delay_ms  # close windows from this batch's ticks (None: timers only)
         self.retain_ms = before_ms + after_ms + slack_ms
         self.prune_every_ms = slack_ms
         self.early = early  # also cut each request's pairs when it arrives (early_tags)
@@ -189,9 +202,12 @@ class HelpWindowProcessor(StatefulProcessor):
         watermark = timerValues.getCurrentWatermarkInMs()
         evidence: dict[str, list[list[Any]]] = {}
         requests: dict[str, list[Row]] = {}
+        read_to: int | None = None  # the newest tick's broker time in this batch
         for row in rows:
             classroom = row["classroom_id"] or ""
-            if row["signal"] == REQUEST:
+            if row["signal"] == TICK:
+                read_to = max(read_to or 0, int(row["kafka_time_ms"]))
+            elif row["signal"] == REQUEST:
                 requests.setdefault(classroom, []).append(row)
             else:
                 evidence.setdefault(classroom, []).append([row[c] for c in EVIDENCE_COLUMNS])
@@ -209,8 +225,16 @@ class HelpWindowProcessor(StatefulProcessor):
                     *[request[c] for c in REQUEST_COLUMNS], due]
                 out.extend(_pair_row(pair, early=True) for pair in window_pairs(
                     request, buffered, self.before_ms, self.after_ms))
+        if read_to is not None and self.delay_ms is not None:
+            out.extend(self._closed(bucket, read_to - self.delay_ms))
         self._save(bucket, stored is not None, watermark)
         yield from out
+
+    def _closed(self, bucket: WindowBucket, until_ms: int) -> Iterator[Row]:
+        """The window-closed pairs of every open request due by `until_ms` (broker time)."""
+        for classroom, request in bucket.take_due(until_ms):
+            yield from (_pair_row(pair, early=False) for pair in window_pairs(
+                request, bucket.evidence_of(classroom), self.before_ms, self.after_ms))
 
     def handleExpiredTimer(self, key: Any, timerValues: Any,
                            expiredTimerInfo: Any) -> Iterator[Row]:
@@ -219,11 +243,7 @@ class HelpWindowProcessor(StatefulProcessor):
             return
         watermark = timerValues.getCurrentWatermarkInMs()
         bucket = WindowBucket.loads(stored[0])
-        out: list[Row] = []
-        due = bucket.take_due(max(watermark, expiredTimerInfo.getExpiryTimeInMs()))
-        for classroom, request in due:
-            out.extend(_pair_row(pair, early=False) for pair in window_pairs(
-                request, bucket.evidence_of(classroom), self.before_ms, self.after_ms))
+        out = list(self._closed(bucket, max(watermark, expiredTimerInfo.getExpiryTimeInMs())))
         self._save(bucket, True, watermark)
         yield from out
 
@@ -250,13 +270,17 @@ def buffer_requests_with_evidence(cfg: HelpConfig) -> Transform:
     processor = HelpWindowProcessor(int(cfg.window_before_s * 1000),
                                     int(cfg.window_after_s * 1000),
                                     int(cfg.evidence_slack_s * 1000),
-                                    early=bool(cfg.early_tags))
+                                    early=bool(cfg.early_tags),
+                                    delay_ms=int(cfg.watermark_delay_s * 1000))
 
     def apply(df: DataFrame) -> DataFrame:
         # Dropping the watermarked column keeps Spark from filtering late rows out of the
-        # operator; its timers still follow the query's watermark.
-        return (df.drop("kafka_timestamp")
-                  .withColumn("bucket", classroom_bucket(cfg.key_buckets)).groupBy("bucket")
+        # operator; its timers still follow the query's watermark. A tick row goes to every
+        # bucket (the in-batch close, see the module docstring).
+        every_bucket = F.sequence(F.lit(0), F.lit(cfg.key_buckets - 1))
+        bucket = F.explode(F.when(F.col("signal") == TICK, every_bucket)
+                            .otherwise(F.array(classroom_bucket(cfg.key_buckets))))
+        return (df.drop("kafka_timestamp").withColumn("bucket", bucket).groupBy("bucket")
                   .transformWithState(processor, STATE_PAIR_SCHEMA, "Append", "EventTime"))
 
     return apply

@@ -352,8 +352,8 @@ def resolver_inputs(rules: HelpRulesConfig, tags_topic: str) -> Transform:
 
     Heartbeats and page turns skip the contract validation: they only tell that a role's
     client is sending (and, a page turn, that its whiteboard renders), which their envelope
-    (classroom, role, broker time) shows whatever the rest says. They were four in five of
-    the rows validated, and validating them doubled the JVM cost of the resolver's input
+    (classroom, role, broker time) shows whatever the rest says. They were 19 in 20 of the
+    rows validated, and validating them doubled the JVM cost of the resolver's input
     (docs/BENCHMARKS.md, 2026-11-27).
     """
     from pipelines.transforms.validate import parse_and_validate

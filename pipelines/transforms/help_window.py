@@ -211,6 +211,8 @@ class HelpWindowProcessor(StatefulProcessor):
                 requests.setdefault(classroom, []).append(row)
             else:
                 evidence.setdefault(classroom, []).append([row[c] for c in EVIDENCE_COLUMNS])
+        if not (evidence or requests or self.state.exists()):
+            return  # only ticks, and nothing held (`get` on no value logs a warning each time)
         stored = self.state.get()
         bucket = WindowBucket.loads(stored[0] if stored else None)
         for classroom, new in evidence.items():

@@ -92,13 +92,13 @@ def resolver_candidates(rules: HelpRulesConfig, tags_topic: str) -> Transform:
     def apply(df: DataFrame) -> DataFrame:
         probe = F.col(CANDIDATE_PROBE)
         etype = probe["event_type"]
-        fires = F.lit(False)
-        for fired in signal_conditions(rules, etype, probe["payload"]).values():
-            fires = fires | F.coalesce(fired, F.lit(False))
-        keep = ((F.col("topic") == tags_topic) | fires
+        keep = ((F.col("topic") == tags_topic)
                 | etype.isin(HEARTBEAT, DIAGNOSTICS_EVENT, PAGE_TURN_EVENT))
-        live = (F.col("topic") != tags_topic) & ~fires & probe["role"].isin(*ROLES) \
-            & (F.length(probe["classroom_id"]) > 0)
+        for fired in signal_conditions(rules, etype, probe["payload"]).values():
+            keep = keep | fired
+        # No signal condition reads a heartbeat or a page turn, so these fire none.
+        live = ((F.col("topic") != tags_topic) & probe["role"].isin(*ROLES)
+                & (F.length(probe["classroom_id"]) > 0))
         live_kind = (F.when(live & (etype == HEARTBEAT), F.lit(ALIVE))
                       .when(live & (etype == PAGE_TURN_EVENT), F.lit(PAGE_TURN)))
         liveness = F.when(live_kind.isNotNull(), F.struct(

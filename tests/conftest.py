@@ -26,5 +26,8 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     settings = load_settings("local", environ={**os.environ, "LAKEHOUSE_ROOT": str(root),
                                                "LAKEHOUSE__SPARK__SHUFFLE_PARTITIONS": "2"})
     session = build_spark(settings, app_name="lakehouse-tests")
+    # Stateful operators run in batch mode in some tests (transformWithState); their state
+    # store needs the coordinator that the streaming query manager starts.
+    session.streams.active  # noqa: B018
     yield session
     session.stop()

@@ -54,6 +54,16 @@ def test_quiet_confirm_must_span_more_than_one_client_sample() -> None:
     assert settings.resolver.healthy_span_s == 5
 
 
+def test_the_relay_needs_the_help_window_processor() -> None:
+    """The join engine has no processor to relay the resolver's evidence from."""
+    assert load_settings(environ=env()).resolver.evidence.value == "relay"
+    with pytest.raises(ConfigError, match=r"LAKEHOUSE__RESOLVER__EVIDENCE=topics"):
+        load_settings(environ=env(LAKEHOUSE__HELP__ENGINE="join"))
+    settings = load_settings(environ=env(LAKEHOUSE__HELP__ENGINE="join",
+                                         LAKEHOUSE__RESOLVER__EVIDENCE="topics"))
+    assert settings.resolver.evidence.value == "topics"
+
+
 def test_unknown_key_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"kafka\.max_record_per_trigger"):
         load_settings(environ=env(LAKEHOUSE__KAFKA__MAX_RECORD_PER_TRIGGER="5"))

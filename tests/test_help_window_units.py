@@ -3,7 +3,13 @@ what is due, what is pruned, when the bucket wakes up."""
 
 from __future__ import annotations
 
-from pipelines.transforms.help import EARLY, EVIDENCE_COLUMNS, REQUEST_COLUMNS, STATE_PAIR_SCHEMA
+from pipelines.transforms.help import (
+    EARLY,
+    EVIDENCE_COLUMNS,
+    RELAY,
+    REQUEST_COLUMNS,
+    WINDOW_OUTPUT_SCHEMA,
+)
 from pipelines.transforms.help_window import WindowBucket, _pair_row
 
 
@@ -11,10 +17,10 @@ def test_pair_rows_follow_the_output_schema_and_carry_the_cut() -> None:
     pair = {**dict.fromkeys(EVIDENCE_COLUMNS), **{c: f"v-{c}" for c in REQUEST_COLUMNS},
             "signal": "mic_muted", "rtt_ms": 900}
     row = _pair_row(pair, early=True)
-    names = [f.split(" ")[0] for f in STATE_PAIR_SCHEMA.split(", ")]
-    assert list(row.asDict()) == names == [*REQUEST_COLUMNS, *EVIDENCE_COLUMNS, EARLY]
+    names = [f.split(" ")[0] for f in WINDOW_OUTPUT_SCHEMA.split(", ")]
+    assert list(row.asDict()) == names == [*REQUEST_COLUMNS, *EVIDENCE_COLUMNS, EARLY, RELAY]
     assert row[EARLY] is True and row["signal"] == "mic_muted" and row["rtt_ms"] == 900
-    assert row["help_id"] == "v-help_id" and row["detail"] is None
+    assert row["help_id"] == "v-help_id" and row["detail"] is None and row[RELAY] is None
     assert _pair_row(pair, early=False)[EARLY] is False
 
 

@@ -27,7 +27,42 @@ from resolver_loop import (
 )
 
 
+def _began_after(progress: dict | None, at_s: float) -> bool:
+    """Whether a query progress is of a micro-batch that began after `at_s` (epoch s)."""
+    if not progress:
+        return False
+    began = datetime.fromisoformat(progress["timestamp"].replace("Z", "+00:00"))
+    return began.timestamp() > at_s
+
+
 # ------------------------------------------------------------------------------ input rows
+def input_records(now: int) -> list[tuple[str, bytes]]:
+    """(topic, value) of every kind the resolver reads, good and bad."""
+    return [("classroom.av", av("c1", "teacher", now, muted=True)),
+            ("classroom.av", av("c1", "teacher", now)),  # healthy sample: dropped
+            ("classroom.signal", heartbeat("c1", "student", now)),
+            ("classroom.help", diagnostics("c1", "h1", "TEACHER_MIC_MUTED", now)),
+            ("classroom.signal", b"{not json"),
+            ("classroom.signal", heartbeat("c3", "teacher", now).replace(
+                b'"rtt_ms":80', b'"rtt_ms":"slow"')),  # the contract rejects it
+            ("classroom.signal", heartbeat("c3", "admin", now)),  # no such role: nothing
+            ("classroom.signal", heartbeat("", "teacher", now)),  # no classroom: nothing
+            ("classroom.whiteboard", envelope("wb.page_turn", "c3", "student", now,
+                                              {"page": 2})),
+            ("classroom.av", av("c3", "student", now, muted=True).replace(
+                b'"bitrate_kbps":32', b'"bitrate_kbps":"x"')),  # rejected: no signal
+            ("tags", tag_message("c2", "h2", "VIDEO_FREEZE", now))]
+
+
+def kafka_frame(spark: SparkSession, records: list[tuple[str, bytes]], now: int):
+    """The Kafka source's rows for (topic, value) pairs, all at broker time `now`."""
+    ts = datetime.fromtimestamp(now / 1000, UTC)
+    return spark.createDataFrame(
+        [(None, v, t, 0, i, ts, 0) for i, (t, v) in enumerate(records)],
+        "key binary, value binary, topic string, partition int, offset long, "
+        "timestamp timestamp, timestampType int")
+
+
 def test_rows_keep_tags_fired_signals_heartbeats_and_diagnostics(spark: SparkSession) -> None:
     """Heartbeats and page turns skip the contract: their envelope proves the role sends, a
     broken payload does not change that; without a classroom or a known role they give
@@ -37,25 +72,7 @@ def test_rows_keep_tags_fired_signals_heartbeats_and_diagnostics(spark: SparkSes
     from pipelines.transforms.resolver import resolver_inputs
 
     now = int(time.time() * 1000)
-    values = [("classroom.av", av("c1", "teacher", now, muted=True)),
-              ("classroom.av", av("c1", "teacher", now)),  # healthy sample: dropped
-              ("classroom.signal", heartbeat("c1", "student", now)),
-              ("classroom.help", diagnostics("c1", "h1", "TEACHER_MIC_MUTED", now)),
-              ("classroom.signal", b"{not json"),
-              ("classroom.signal", heartbeat("c3", "teacher", now).replace(
-                  b'"rtt_ms":80', b'"rtt_ms":"slow"')),  # the contract rejects it
-              ("classroom.signal", heartbeat("c3", "admin", now)),  # no such role: nothing
-              ("classroom.signal", heartbeat("", "teacher", now)),  # no classroom: nothing
-              ("classroom.whiteboard", envelope("wb.page_turn", "c3", "student", now,
-                                                {"page": 2})),
-              ("classroom.av", av("c3", "student", now, muted=True).replace(
-                  b'"bitrate_kbps":32', b'"bitrate_kbps":"x"')),  # rejected: no signal
-              ("tags", tag_message("c2", "h2", "VIDEO_FREEZE", now))]
-    ts = datetime.fromtimestamp(now / 1000, UTC)
-    raw = spark.createDataFrame(
-        [(None, v, t, 0, i, ts, 0) for i, (t, v) in enumerate(values)],
-        "key binary, value binary, topic string, partition int, offset long, "
-        "timestamp timestamp, timestampType int")
+    raw = kafka_frame(spark, input_records(now), now)
     got = (raw.transform(kafka_to_bronze).transform(resolver_inputs(HelpRulesConfig(), "tags"))
            .select("classroom_id", "kind", "signal", "role", "help_id", "finding").collect())
     assert sorted(tuple(r) for r in got) == sorted([
@@ -67,18 +84,74 @@ def test_rows_keep_tags_fired_signals_heartbeats_and_diagnostics(spark: SparkSes
         ("c2", "tag", None, None, "h2", None)])
 
 
+def test_the_help_jobs_relay_gives_the_resolver_the_same_rows(spark: SparkSession) -> None:
+    """resolver.evidence = relay: the same records through the help job's plan (relay on) and
+    its relay messages through `relay_inputs` give the resolver the rows it makes of the five
+    topics itself (tags come from the tags topic either way); the relay rows stay out of the
+    Help window's evidence and pairs."""
+    from pipelines.config import HelpConfig
+    from pipelines.transforms.bronze import kafka_to_bronze
+    from pipelines.transforms.help import LIVENESS, RELAY, help_candidates, help_signals
+    from pipelines.transforms.help_window import buffer_requests_with_evidence
+    from pipelines.transforms.resolver import relay_inputs, resolver_inputs
+    from pipelines.transforms.validate import parse_and_validate
+    from schemas.contract import HELP_CATEGORIES
+
+    cfg = HelpConfig(early_tags=["TEACHER_MIC_MUTED"])  # pairs cut when the request arrives
+    now = int(time.time() * 1000)
+    records = input_records(now)
+    columns = ["classroom_id", "kind", "signal", "role", "kafka_time_ms", "help_id", "finding"]
+    direct = (kafka_frame(spark, records, now).transform(kafka_to_bronze)
+              .transform(resolver_inputs(cfg.rules, "tags")).select(*columns).collect())
+    request = envelope("help.request", "c1", "student", now,
+                       {"help_id": "h9", "category": HELP_CATEGORIES[0]})
+    window = (kafka_frame(spark, [*(r for r in records if r[0] != "tags"),
+                                  ("classroom.help", request)], now)
+              .transform(kafka_to_bronze)
+              .transform(help_candidates(cfg.rules, relay=True))
+              .transform(parse_and_validate, (LIVENESS,))
+              .transform(help_signals(cfg.rules, relay=True))
+              .transform(buffer_requests_with_evidence(cfg, relay=True)).collect())
+    relay = [(RELAY, r[RELAY].encode()) for r in window if r[RELAY] is not None]
+    # The request's early pairs hold c1's fired signal only: relay rows are no evidence.
+    assert sorted(r["signal"] for r in window if r[RELAY] is None) == ["mic_muted"]
+    relayed = (kafka_frame(spark, [*relay, *(r for r in records if r[0] == "tags")], now)
+               .transform(kafka_to_bronze).transform(relay_inputs("tags"))
+               .select(*columns).collect())
+    assert sorted(map(tuple, relayed), key=str) == sorted(map(tuple, direct), key=str)
+    assert len(direct) == 6
+
+
 @pytest.mark.e2e
-def test_resolver_closes_the_loop(spark: SparkSession, broker, loop_settings) -> None:
+@pytest.mark.parametrize("evidence", ["topics", "relay"])
+def test_resolver_closes_the_loop(spark: SparkSession, broker, loop_settings,
+                                  evidence: str) -> None:
+    """The resolver reads the five topics itself, or (relay) the real help job relays them;
+    the tags come straight from the test either way (it sends no help.request)."""
+    from pipelines.config import ResolverEvidence
+    from pipelines.jobs.help import start_help
     from pipelines.jobs.resolver import start_resolver
 
     settings, _ = loop_settings
+    settings = settings.model_copy(update={"resolver": settings.resolver.model_copy(
+        update={"evidence": ResolverEvidence(evidence)})})
     rooms = scenario()
+    helper = start_help(spark, settings, once=False) if evidence == "relay" else None
     job = start_resolver(spark, settings, once=False)
     live = LiveClassrooms(settings, rooms)
     try:  # a running resolver first: the first micro-batch's planning is not the loop's time
         wait_for(lambda: job.query.lastProgress is not None, 300, "the first batch")
+        if helper is not None:
+            wait_for(lambda: helper.query.lastProgress is not None, 300, "the help job's batch")
         live.start()
         time.sleep(5)  # some history: c-self's freeze ended before its request
+        if helper is not None:
+            # The help job publishes a batch's relay before that batch's tags, so a tag never
+            # overtakes the evidence read with its request. These tags come from the test: let
+            # a help batch that began after the history was sent relay it first.
+            sent = time.time()
+            wait_for(lambda: _began_after(helper.query.lastProgress, sent), 120,
+                     "a help batch after the history")
         produce_tags(live, rooms, int(time.time() * 1000) - REQUEST_AGE_MS)
         started = time.monotonic()
         wait_for(lambda: len(job.sink.last_state) == len(rooms) and not job.sink.open_cases,
@@ -87,8 +160,12 @@ def test_resolver_closes_the_loop(spark: SparkSession, broker, loop_settings) ->
     finally:
         job.query.stop()
         job.sink.close()
+        if helper is not None:
+            helper.stop()
         live.stop()
     rows = gold(settings)
+    if helper is not None:
+        assert helper.sink.relayed > 0 and helper.sink.tags == 0
     check_outcomes(rows, live)
     assert Counter(a["action_id"] for a in live.received).most_common(1)[0][1] == 1
     escalations = consume_all(settings, settings.resolver.escalations_topic)

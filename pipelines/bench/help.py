@@ -48,7 +48,14 @@ from rich.table import Table
 from pipelines.bench.bronze import machine_info
 from pipelines.bench.memory import CPU_COLUMNS, CpuMeter, CpuSpan, cpu_caption, cpu_cells
 from pipelines.broker import EmbeddedBroker, free_port
-from pipelines.config import HELP_TAGS, NO_ISSUE_TAG, HelpEngine, Settings, load_settings
+from pipelines.config import (
+    HELP_TAGS,
+    NO_ISSUE_TAG,
+    HelpEngine,
+    ResolverEvidence,
+    Settings,
+    load_settings,
+)
 from pipelines.io.kafka import caught_up, kafka_end_offsets
 from pipelines.io.kafka_admin import ensure_topics
 from pipelines.jobs.help import (
@@ -201,6 +208,8 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
               duration_s: float, seed: int, engine: str, console: Console) -> LoadRun:
     env = {**env, "LAKEHOUSE_ROOT": str(root), "LAKEHOUSE__HELP__ENGINE": engine,
            "LAKEHOUSE__KAFKA__TOPIC_PREFIX": f"{root.name}."}
+    if engine == HelpEngine.JOIN.value:  # the join engine has no processor to relay from
+        env["LAKEHOUSE__RESOLVER__EVIDENCE"] = ResolverEvidence.TOPICS.value
     settings = load_settings(None, environ=env)
     ensure_topics(settings.kafka.client_options(), settings.kafka_topic_configs())
     topics = [settings.kafka_topic(t) for t in HELP_TOPICS]

@@ -80,16 +80,18 @@ def simulated_records(settings: Settings, records: int, seed: int = 7) -> list[b
 
 def timed_plan(plan: str, settings: Settings) -> Callable[[DataFrame], DataFrame]:
     """The transform `--plan` names, with the configured rules."""
-    from pipelines.transforms.help import help_candidates, help_signals
+    from pipelines.jobs.help import relays_evidence
+    from pipelines.transforms.help import LIVENESS, help_candidates, help_signals
     from pipelines.transforms.resolver import resolver_inputs
     from pipelines.transforms.validate import parse_and_validate
 
-    rules = settings.help.rules
+    rules, relay = settings.help.rules, relays_evidence(settings)
     if plan == "contract":
         return parse_and_validate
-    if plan == "help":
-        return lambda df: (df.transform(help_candidates(rules)).transform(parse_and_validate)
-                             .transform(help_signals(rules)))
+    if plan == "help":  # with the relay's extra rows when the resolver takes them
+        return lambda df: (df.transform(help_candidates(rules, relay=relay))
+                             .transform(parse_and_validate, (LIVENESS,) if relay else ())
+                             .transform(help_signals(rules, relay=relay)))
     if plan == "resolver":
         return resolver_inputs(rules, settings.kafka_topic(settings.help.tags_topic))
     raise ValueError(f"unknown plan {plan!r}; one of {', '.join(PLANS)}")

@@ -26,6 +26,7 @@ from pipelines.config.help import (
     PlaybookConfig,
     ResolverAction,
     ResolverConfig,
+    ResolverEvidence,
 )
 from pipelines.config.kafka import BrokerConfig, KafkaConfig, KafkaSourceKind, TopicConfig
 from pipelines.config.layers import (
@@ -95,6 +96,7 @@ __all__ = [
     "Profile",
     "ResolverAction",
     "ResolverConfig",
+    "ResolverEvidence",
     "SchedulerMode",
     "Settings",
     "SilverConfig",

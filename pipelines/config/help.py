@@ -19,6 +19,13 @@ class HelpEngine(StrEnum):
     JOIN = "join"  # stream-stream left outer join + streaming aggregation (for comparison)
 
 
+class ResolverEvidence(StrEnum):
+    """Where the resolver gets its classrooms' evidence (fired signals, liveness, diagnostics)."""
+
+    RELAY = "relay"  # from the help job, which reads and filters the five topics anyway
+    TOPICS = "topics"  # the five classroom topics, read and filtered a second time
+
+
 class HelpRulesConfig(_Model):
     """Tagging thresholds (DESIGN.md "Help tagging"); a sample counts once per event_id."""
 
@@ -44,6 +51,9 @@ class HelpConfig(_Model):
     tick_topic: str = "classroom.help.ticks"  # wall-clock ticks: the watermark moves when idle
     tick_interval_s: float = Field(0.5, gt=0)
     tags_topic: str = "classroom.help.tags"
+    # With resolver.evidence = relay, the help job publishes here what the resolver reads of
+    # the five topics: one message per bucket of classrooms and micro-batch.
+    relay_topic: str = "classroom.help.relay"
     evidence_slack_s: float = Field(10, ge=0)  # evidence kept this long beyond the window
     max_records_per_trigger: int | None = Field(None, ge=1)  # default: kafka's cap
     state_partitions: int = Field(2, ge=1)  # shuffle partitions of the help query's state
@@ -152,6 +162,7 @@ class ResolverConfig(_Model):
 
     actions_topic: str = "classroom.help.actions"
     escalations_topic: str = "classroom.help.escalations"
+    evidence: ResolverEvidence = ResolverEvidence.RELAY
     trigger_seconds: float = Field(1.0, ge=0)
     state_partitions: int = Field(1, ge=1)  # fixed by the checkpoint once the query ran
     # Classrooms are hashed into this many state groups. Keep it while a checkpoint lives: a

@@ -7,7 +7,7 @@ from enum import StrEnum
 from pydantic import Field, model_validator
 
 from pipelines.config.base import ConfigError, _Model
-from pipelines.config.help import HelpConfig, ResolverConfig
+from pipelines.config.help import HelpConfig, HelpEngine, ResolverConfig, ResolverEvidence
 from pipelines.config.kafka import BrokerConfig, KafkaConfig, TopicConfig
 from pipelines.config.layers import (
     DemoConfig,
@@ -65,6 +65,17 @@ class Settings(_Model):
                 f"LAKEHOUSE__RESOLVER__HEALTHY_SPAN_S={interval + 1:g})")
         return self
 
+    @model_validator(mode="after")
+    def _relay_needs_the_window_processor(self) -> Settings:
+        """The relay is made by the help job's window processor, which the join engine lacks."""
+        if (self.resolver.evidence is ResolverEvidence.RELAY
+                and self.help.engine is not HelpEngine.STATE):
+            raise ValueError(
+                "resolver.evidence = relay needs help.engine = state (its window processor "
+                "relays the evidence); with help.engine = join set "
+                "LAKEHOUSE__RESOLVER__EVIDENCE=topics")
+        return self
+
     def table_path(self, table: str) -> str:
         """`bronze.events` -> <root>/bronze/events."""
         layer, _, name = table.partition(".")
@@ -83,6 +94,10 @@ class Settings(_Model):
         """The configured topics as Kafka knows them (prefixed), for creating them."""
         return [TopicConfig(name=self.kafka_topic(t.name), partitions=t.partitions)
                 for t in self.topics]
+
+    def partitions_of(self, name: str) -> int:
+        """The configured partitions of a topic; 1 for a topic not in `topics`."""
+        return next((t.partitions for t in self.topics if t.name == name), 1)
 
     def topic(self, name: str) -> TopicConfig:
         for topic in self.topics:

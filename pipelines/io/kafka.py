@@ -71,7 +71,7 @@ def caught_up(progress_end: object, target: Mapping[str, object]) -> bool:
     return True
 
 
-def produce_and_flush(producer: Any, messages: Iterable[tuple[str, bytes, bytes]], *,
+def produce_and_flush(producer: Any, messages: Iterable[tuple[str, bytes | None, bytes]], *,
                       timeout_s: float, what: str) -> None:
     """Produce every (topic, key, value) with a confluent-kafka producer and wait until all are
     delivered; raise naming `what` when any is unsent or failed (sinks publish before their

@@ -10,6 +10,11 @@ pipelines/transforms/help.py. One query:
       -> window: state (default) | join              pairs once a request's window closed
       -> foreachBatch: aggregate + rules -> guard -> Kafka classroom.help.tags -> gold.help_tags
 
+With `resolver.evidence: relay` (the default) the job also keeps heartbeats, page turns and
+diagnostics replies (heartbeats and page turns unvalidated, see `liveness`), and the window
+processor hands them, with the fired signals, to the sink, which publishes them on
+`help.relay_topic` for the resolver before the batch's tags (docs/RESOLVER.md, "Inputs").
+
 Why broker time for the watermark: client clocks drift, and an event-time watermark lets one
 fast clock push every other classroom's requests behind it. Broker time only moves forward, and
 the job's own ticks (a record per `tick_interval_s` on `help.tick_topic`) move it with the wall
@@ -30,7 +35,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 from rich.console import Console
 
-from pipelines.config import HelpEngine, Settings
+from pipelines.config import HelpEngine, ResolverEvidence, Settings
 from pipelines.io.delta import delta_writer, read_table
 from pipelines.io.kafka import caught_up, kafka_end_offsets, read_kafka_stream
 from pipelines.io.kafka_admin import ensure_topics
@@ -47,6 +52,7 @@ from pipelines.transforms.bronze import kafka_to_bronze
 from pipelines.transforms.help import (
     EARLY,
     HELP_TOPICS,
+    LIVENESS,
     aggregate_evidence,
     help_candidates,
     help_signals,
@@ -74,20 +80,27 @@ def help_stream(spark: SparkSession, settings: Settings, checkpoint: str) -> Dat
     # Test accounts are flagged as silver flags them (a column, not a Filter): their records
     # are neither evidence nor Help requests.
     delay = f"{int(cfg.watermark_delay_s * 1000)} milliseconds"
+    relay = relays_evidence(settings)
     # The state engine closes windows from the ticks of the batch (help_window.py); the join
     # engine only needs them for its watermark.
     tick_topic = topics[-1] if cfg.engine is HelpEngine.STATE else None
     signals = (read_kafka_stream(spark, settings, topics, checkpoint=checkpoint)
                .transform(kafka_to_bronze)
                .withWatermark("kafka_timestamp", delay)
-               .transform(help_candidates(cfg.rules, tick_topic))
-               .transform(parse_and_validate)
+               .transform(help_candidates(cfg.rules, tick_topic, relay=relay))
+               .transform(parse_and_validate, (LIVENESS,) if relay else ())
                .transform(flag_filtered_users(settings.silver.filtered_users))
-               .transform(help_signals(cfg.rules, tick_topic)))
+               .transform(help_signals(cfg.rules, tick_topic, relay=relay)))
     if cfg.engine is HelpEngine.JOIN:
         return (signals.transform(join_requests_with_evidence(cfg))
                        .transform(aggregate_evidence(extra_keys=["request_kafka_ts"])))
-    return signals.transform(buffer_requests_with_evidence(cfg))
+    return signals.transform(buffer_requests_with_evidence(cfg, relay=relay))
+
+
+def relays_evidence(settings: Settings) -> bool:
+    """Whether the help job relays the resolver's evidence (resolver.evidence: relay)."""
+    return (settings.help.engine is HelpEngine.STATE
+            and settings.resolver.evidence is ResolverEvidence.RELAY)
 
 
 def _flush_horizon_ms(settings: Settings) -> int:
@@ -118,14 +131,13 @@ def start_help(spark: SparkSession, settings: Settings, *, once: bool) -> HelpJo
     """Start the help query (and its ticker) on an existing session (CLI, bench, tests)."""
     cfg = settings.help
     ensure_topics(settings.kafka.client_options(),
-                  {settings.kafka_topic(cfg.tick_topic): 1,
-                   settings.kafka_topic(cfg.tags_topic): settings.topic(cfg.tags_topic).partitions
-                   if any(t.name == cfg.tags_topic for t in settings.topics) else 1})
+                  {settings.kafka_topic(name): settings.partitions_of(name)
+                   for name in (cfg.tick_topic, cfg.tags_topic, cfg.relay_topic)})
     checkpoint = settings.checkpoint_path("help")
     target = None
     if once:
         target = kafka_end_offsets(settings, [settings.kafka_topic(t) for t in HELP_TOPICS])
-    sink = HelpTagSink(settings, checkpoint)
+    sink = HelpTagSink(settings, checkpoint, relay=relays_evidence(settings))
     query = start_stateful_query(help_stream(spark, settings, checkpoint), settings, name="help",
                                  checkpoint=checkpoint, sink=sink,
                                  trigger_s=cfg.trigger_seconds,

@@ -1,5 +1,9 @@
 """The help job's I/O: the tick producer and the foreachBatch sink (Kafka, then Delta).
 
+The relay (resolver.evidence: relay): the window processor's relay rows, one per bucket of
+classrooms and micro-batch, go to `help.relay_topic` before the batch's tags; at least once
+(the resolver's evidence takes a repeated row as the same fact).
+
 Delivery: Kafka first, then Delta. Delta gets each batch once (the streaming transaction), and
 help_ids already in gold.help_tags are never written or published again; a batch replayed after
 a crash between the two writes publishes its tags to Kafka a second time (at least once, same
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from datetime import date
 
 import orjson
@@ -21,7 +26,13 @@ from pyspark.sql import functions as F
 from pipelines.config import HelpEngine, Settings
 from pipelines.io.delta import DeltaRsWriter, delta_writer, streaming_query_id
 from pipelines.io.kafka import produce_and_flush
-from pipelines.transforms.help import EARLY, apply_tag_rules, tag_records, tag_requests
+from pipelines.transforms.help import (
+    EARLY,
+    RELAY,
+    apply_tag_rules,
+    tag_records,
+    tag_requests,
+)
 
 HELP_TAGS_TABLE = "gold.help_tags"
 
@@ -69,13 +80,15 @@ class Ticker:
 class HelpTagSink:
     """foreachBatch: rules -> guard -> Kafka (key help_id, JSON) -> gold.help_tags (once)."""
 
-    def __init__(self, settings: Settings, checkpoint: str) -> None:
+    def __init__(self, settings: Settings, checkpoint: str, *, relay: bool = False) -> None:
         cfg = settings.help
         self.settings = settings
         self.checkpoint = checkpoint
         self.writer = delta_writer(settings)
         self.path = settings.table_path(HELP_TAGS_TABLE)
         self.topic = settings.kafka_topic(cfg.tags_topic)
+        self.relay_topic = settings.kafka_topic(cfg.relay_topic) if relay else None
+        self.relayed = 0  # relay messages published
         if cfg.engine is HelpEngine.JOIN:
             rules = apply_tag_rules(cfg.rules, cfg.priority)
             self.records = lambda df: (df.transform(rules).withColumn(EARLY, F.lit(False))
@@ -94,8 +107,11 @@ class HelpTagSink:
         if self.app_id is None:
             self.app_id = streaming_query_id(spark, self.checkpoint)
         clock = _Phases(self.timings.setdefault(batch_id, {}))
-        table = batch.transform(self.records).toArrow()
-        clock.lap("compute")
+        if self.relay_topic is None:
+            table = batch.transform(self.records).toArrow()
+            clock.lap("compute")
+        else:
+            table = self._relay_then_pairs(batch, clock)
         if table.num_rows == 0:
             return
         # A window-closed tag wins over an early one of the same help_id in one batch.
@@ -112,6 +128,24 @@ class HelpTagSink:
                                 table["help_id"].to_pylist(), strict=True):
             self.known.setdefault(day, set()).add(help_id)
         self.tags += table.num_rows
+
+    def _relay_then_pairs(self, batch: DataFrame, clock: _Phases) -> pa.Table:
+        """Publish the batch's relay rows; return its tag records. The batch is cached so that
+        the two reads of it run the stateful operator once."""
+        batch = batch.persist()
+        try:
+            relay = batch.where(F.col(RELAY).isNotNull()).select(RELAY).toArrow()
+            table = (batch.where(F.col(RELAY).isNull()).drop(RELAY).transform(self.records)
+                     .toArrow())
+        finally:
+            batch.unpersist()
+        clock.lap("compute")
+        if relay.num_rows:
+            self._produce([(self.relay_topic, None, v.encode())
+                           for v in relay[RELAY].to_pylist()], self.relay_topic)
+            self.relayed += relay.num_rows
+        clock.lap("relay")
+        return table
 
     @property
     def skipped(self) -> int:
@@ -162,14 +196,17 @@ class HelpTagSink:
         return self.known[day]
 
     def _publish(self, table: pa.Table) -> None:
+        self._produce(((self.topic, row["help_id"].encode(), tag_message(row))
+                       for row in table.to_pylist()), self.topic)
+
+    def _produce(self, messages: Iterable[tuple[str, bytes | None, bytes]], what: str) -> None:
         from confluent_kafka import Producer
 
         if self.producer is None:
             self.producer = Producer({**self.settings.kafka.client_options(), "linger.ms": 5,
                                       "acks": "all"})
-        produce_and_flush(self.producer, ((self.topic, row["help_id"].encode(), tag_message(row))
-                                          for row in table.to_pylist()),
-                          timeout_s=self.settings.kafka.read_timeout_seconds, what=self.topic)
+        produce_and_flush(self.producer, messages,
+                          timeout_s=self.settings.kafka.read_timeout_seconds, what=what)
 
 
 class _Phases:

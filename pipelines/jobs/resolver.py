@@ -3,8 +3,11 @@ escalated (DESIGN.md "Automatic resolution").
 
 One query:
 
-    Kafka (classroom.help.tags + the five classroom topics, one source)
-      -> kafka_to_bronze -> resolver_inputs (candidates, the shared validation, rows)
+    Kafka (classroom.help.tags + the evidence, one source)
+      -> kafka_to_bronze -> relay_inputs (evidence: relay, the default: the help job's
+                            classroom.help.relay, rows as they are)
+                          | resolver_inputs (evidence: topics: the five classroom topics;
+                            candidates, the shared validation, rows)
       -> run_playbooks: per bucket of classrooms, transformWithState + processing-time timers
       -> foreachBatch: Kafka classroom.help.actions / .escalations -> gold.help_resolutions
 
@@ -15,6 +18,12 @@ for many keys (measured for the help window, docs/BENCHMARKS.md). Groups are buc
 classrooms, each one state value (pipelines/transforms/resolver.py says why and what it
 costs). Processing time, not the watermark: a playbook's deadlines are promises
 to people in a lesson, and must fire while the streams are quiet.
+
+Why a relay: the help job reads and filters the five topics anyway, and the resolver used a
+fifth of what it read of them again (fired signals, heartbeats, page turns, diagnostics
+replies); reading and filtering them twice cost the loop about a third of the machine at
+10,000 lessons (docs/BENCHMARKS.md). The relay of a help micro-batch is published before its
+tags, so a tag never arrives ahead of the evidence that was read with it.
 
 Delivery (Kafka, then Delta, exactly once there): pipelines/jobs/resolver_sink.py.
 """
@@ -28,7 +37,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 from rich.console import Console
 
-from pipelines.config import Settings
+from pipelines.config import ResolverEvidence, Settings
 from pipelines.io.kafka import caught_up, kafka_end_offsets, read_kafka_stream
 from pipelines.io.kafka_admin import ensure_topics
 from pipelines.jobs.resolver_sink import HELP_RESOLUTIONS_TABLE, ResolverSink
@@ -41,21 +50,25 @@ from pipelines.jobs.runner import (
 )
 from pipelines.transforms.bronze import kafka_to_bronze
 from pipelines.transforms.help import HELP_TOPICS
-from pipelines.transforms.resolver import resolver_inputs, run_playbooks
+from pipelines.transforms.resolver import relay_inputs, resolver_inputs, run_playbooks
 
 
 def resolver_stream(spark: SparkSession, settings: Settings, checkpoint: str) -> DataFrame:
     """The streaming part: Kafka -> one row per case transition."""
     cfg = settings.resolver
     tags_topic = settings.kafka_topic(settings.help.tags_topic)
-    topics = [*(settings.kafka_topic(t) for t in HELP_TOPICS), tags_topic]
+    relay = cfg.evidence is ResolverEvidence.RELAY
+    evidence = [settings.help.relay_topic] if relay else list(HELP_TOPICS)
+    topics = [*(settings.kafka_topic(t) for t in evidence), tags_topic]
     if cfg.max_records_per_trigger is not None:
         kafka = settings.kafka.model_copy(
             update={"max_records_per_trigger": cfg.max_records_per_trigger})
         settings = settings.model_copy(update={"kafka": kafka})
+    inputs = (relay_inputs(tags_topic) if relay
+              else resolver_inputs(settings.help.rules, tags_topic))
     return (read_kafka_stream(spark, settings, topics, checkpoint=checkpoint)
             .transform(kafka_to_bronze)
-            .transform(resolver_inputs(settings.help.rules, tags_topic))
+            .transform(inputs)
             .transform(run_playbooks(cfg)))
 
 
@@ -73,8 +86,8 @@ class ResolverJob:
 
 def _topics_to_create(settings: Settings) -> dict[str, int]:
     names = {t.name: t.partitions for t in settings.topics}
-    wanted = [settings.help.tags_topic, settings.resolver.actions_topic,
-              settings.resolver.escalations_topic, *HELP_TOPICS]
+    wanted = [settings.help.tags_topic, settings.help.relay_topic,
+              settings.resolver.actions_topic, settings.resolver.escalations_topic, *HELP_TOPICS]
     return {settings.kafka_topic(n): names.get(n, 1) for n in wanted}
 
 

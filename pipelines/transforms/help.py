@@ -51,6 +51,13 @@ PAIR_SCHEMA = ", ".join(f"{n} {t}" for n, t in (*REQUEST_FIELDS, *EVIDENCE_FIELD
 # look-back evidence only) or when its window closed.
 EARLY = "early"
 STATE_PAIR_SCHEMA = f"{PAIR_SCHEMA}, {EARLY} boolean"
+# The window processor's output: pairs (`relay` null) and, with the relay on, one row per
+# bucket and micro-batch whose `relay` holds what the resolver needs of the bucket's input
+# rows (RELAY_FIELDS objects as a JSON array; every other column null).
+RELAY = "relay"
+WINDOW_OUTPUT_SCHEMA = f"{STATE_PAIR_SCHEMA}, {RELAY} string"
+RELAY_FIELDS = (("classroom_id", "string"), ("kind", "string"), ("role", "string"),
+                ("kafka_time_ms", "long"), ("help_id", "string"), ("finding", "string"))
 
 
 def _ms(ts: Column) -> Column:
@@ -101,8 +108,48 @@ CANDIDATE_PROBE = "_candidate_probe"
 _PROBE_FIELDS = ("direction", "media", "packet_loss_pct", "rtt_ms", "freeze_count", "mic_muted",
                  "step")
 
+# What the resolver needs besides fired signals: liveness (heartbeats; page turns, which also
+# prove a whiteboard renders) and the clients' diagnostics replies. The help job relays them
+# (resolver.evidence: relay), or the resolver reads them itself (pipelines/transforms/resolver.py).
+HEARTBEAT, DIAGNOSTICS_EVENT, PAGE_TURN_EVENT = ("signal.heartbeat", "help.diagnostics",
+                                                 "wb.page_turn")
+ALIVE, DIAGNOSTICS = "alive", "diagnostics"  # the `signal` (kind) of those rows
+LIVENESS = "_liveness"  # (kind, classroom_id, role) of a heartbeat or page turn: no validation
 
-def help_candidates(rules: HelpRulesConfig, tick_topic: str | None = None) -> Transform:
+
+def candidate_probe_schema(*envelope: str) -> str:
+    """DDL of the candidate probe: `event_type`, the given envelope fields (strings) and the
+    payload fields the signal conditions read, typed as the contract types them."""
+    from schemas.contract import UNION_PAYLOAD_FIELDS, spark_type
+
+    types = {s.name: spark_type(s.type).simpleString() for s in UNION_PAYLOAD_FIELDS}
+    return ("event_type string, " + "".join(f"{name} string, " for name in envelope)
+            + "payload struct<" + ", ".join(f"{n}: {types[n]}" for n in _PROBE_FIELDS) + ">")
+
+
+def liveness(probe: Column, liveness_kinds: Column) -> Column:
+    """`_liveness` of a probed row: (kind, classroom_id, role) where `liveness_kinds` names
+    its kind (ALIVE for a heartbeat, PAGE_TURN for a page turn) and its envelope names a
+    classroom and a known role; else null. Such rows only tell that a role's client is
+    sending (a page turn: that its whiteboard renders), which the envelope shows whatever the
+    rest of the record says, so they skip the contract validation."""
+    live = probe["role"].isin(*ROLES) & (F.length(probe["classroom_id"]) > 0)
+    kind = F.when(live, liveness_kinds)
+    return F.when(kind.isNotNull(), F.struct(
+        kind.alias("kind"), probe["classroom_id"].alias("classroom_id"),
+        probe["role"].alias("role")))
+
+
+def liveness_kind(event_type: Column) -> Column:
+    """ALIVE for a heartbeat, PAGE_TURN for a page turn, else null."""
+    from pipelines.transforms.playbook import PAGE_TURN
+
+    return (F.when(event_type == HEARTBEAT, F.lit(ALIVE))
+             .when(event_type == PAGE_TURN_EVENT, F.lit(PAGE_TURN)))
+
+
+def help_candidates(rules: HelpRulesConfig, tick_topic: str | None = None, *,
+                    relay: bool = False) -> Transform:
     """Bronze rows -> the ones that could be a help.request or fire a signal, before the
     (costly) contract validation; a superset, so the rows validated decide as before.
 
@@ -112,30 +159,52 @@ def help_candidates(rules: HelpRulesConfig, tick_topic: str | None = None) -> Tr
     either way, so only records that could not matter (or would be rejected) are skipped.
     The filter also names `kafka_timestamp`, which keeps Spark from pushing it below the
     watermark: the watermark still sees every record.
-    """
-    from schemas.contract import UNION_PAYLOAD_FIELDS, spark_type
 
-    types = {s.name: spark_type(s.type).simpleString() for s in UNION_PAYLOAD_FIELDS}
-    probe_schema = ("event_type string, payload struct<"
-                    + ", ".join(f"{name}: {types[name]}" for name in _PROBE_FIELDS) + ">")
+    `relay`: also keep what the resolver needs (heartbeats, page turns, diagnostics replies);
+    heartbeats and page turns get a `_liveness` struct (see `liveness`) and a null `value`, so
+    that the validation does no work on them (pass `_liveness` in its `carry`).
+    """
+    envelope = ("classroom_id", "role") if relay else ()
+    probe_schema = candidate_probe_schema(*envelope)
 
     def apply(df: DataFrame) -> DataFrame:
         probe = F.col(CANDIDATE_PROBE)
-        candidate = probe["event_type"] == "help.request"
-        for fired in signal_conditions(rules, probe["event_type"], probe["payload"]).values():
+        etype = probe["event_type"]
+        candidate = etype == "help.request"
+        for fired in signal_conditions(rules, etype, probe["payload"]).values():
             candidate = candidate | fired
+        if relay:
+            candidate = candidate | etype.isin(HEARTBEAT, DIAGNOSTICS_EVENT, PAGE_TURN_EVENT)
         if tick_topic is not None:
             candidate = candidate | (F.col("topic") == tick_topic)
-        return (df.transform(with_json_probe(probe_schema, CANDIDATE_PROBE))
-                  .where(F.coalesce(candidate, F.lit(False)) | F.col("kafka_timestamp").isNull())
-                  .drop(CANDIDATE_PROBE))
+        kept = (df.transform(with_json_probe(probe_schema, CANDIDATE_PROBE))
+                  .where(F.coalesce(candidate, F.lit(False)) | F.col("kafka_timestamp").isNull()))
+        if not relay:
+            return kept.drop(CANDIDATE_PROBE)
+        live = liveness(probe, liveness_kind(etype))
+        if tick_topic is not None:
+            live = F.when(F.col("topic") != tick_topic, live)
+        return (kept.select(*df.columns, live.alias(LIVENESS))
+                    .withColumn("value", F.when(F.col(LIVENESS).isNull(), F.col("value"))))
 
     return apply
 
 
-def help_signals(rules: HelpRulesConfig, tick_topic: str | None = None) -> Transform:
+def has_finding() -> bool:
+    """Whether the contract knows help.diagnostics' `finding` (the simulator side adds it)."""
+    from schemas.contract import UNION_PAYLOAD_FIELDS
+
+    return any(f.name == "finding" for f in UNION_PAYLOAD_FIELDS)
+
+
+def help_signals(rules: HelpRulesConfig, tick_topic: str | None = None, *,
+                 relay: bool = False) -> Transform:
     """Validated rows -> one row per help.request and one per fired evidence signal (and, with
     `tick_topic`, one `tick` row per record of the job's own ticks: how far the batch read).
+
+    `relay` (input from `help_candidates(..., relay=True)`): also one row per heartbeat or
+    page turn (`alive`, `page_turn`: classroom and role from `_liveness`) and per valid
+    diagnostics reply (`diagnostics`, with `finding`), for the resolver only.
 
     Every other row (and every rejected one) is dropped here. One projection and one explode,
     no union, so the Kafka source is read once; and no Filter, which Spark would push below
@@ -149,20 +218,34 @@ def help_signals(rules: HelpRulesConfig, tick_topic: str | None = None) -> Trans
         fired = F.filter(F.array(*[F.when(c, F.lit(name)) for name, c in conditions.items()]),
                          lambda s: s.isNotNull())
         valid = F.col("reject_reason").isNull()
-        signals = (F.when(~valid, F.array().cast("array<string>"))
-                    .when(is_request, F.array(F.lit(REQUEST))).otherwise(fired))
+        none = F.array().cast("array<string>")
+        signals = F.when(~valid, none).when(is_request, F.array(F.lit(REQUEST)))
+        classroom, role = F.col("classroom_id"), F.col("role")
+        finding = F.lit(None).cast("string")
+        if relay:
+            live = F.col(LIVENESS)
+            signals = (F.when(live.isNotNull(), F.array(live["kind"])).when(~valid, none)
+                        .when(is_request, F.array(F.lit(REQUEST)))
+                        .when(F.col("event_type") == DIAGNOSTICS_EVENT,
+                              F.array(F.lit(DIAGNOSTICS))))
+            classroom = F.coalesce(live["classroom_id"], classroom)
+            role = F.coalesce(live["role"], role)
+            if has_finding():
+                finding = p["finding"]
+        signals = signals.otherwise(fired)
         if tick_topic is not None:
             signals = F.when(F.col("topic") == tick_topic, F.array(F.lit(TICK))).otherwise(signals)
-        return (df.select(F.col("classroom_id"), F.col("kafka_timestamp"),
+        return (df.select(classroom.alias("classroom_id"), F.col("kafka_timestamp"),
                           _ms(F.col("kafka_timestamp")).cast("long").alias("kafka_time_ms"),
                           F.col("event_time_ms").cast("long").alias("event_time_ms"),
-                          F.col("event_id"), F.col("role"), F.col("lesson_id"),
+                          F.col("event_id"), role.alias("role"), F.col("lesson_id"),
                           F.col("user_id"), p["help_id"].alias("help_id"),
                           p["category"].alias("category"),
                           p["packet_loss_pct"].cast("double").alias("packet_loss_pct"),
                           p["rtt_ms"].cast("long").alias("rtt_ms"),
                           p["freeze_count"].cast("long").alias("freeze_count"),
                           F.coalesce(p["error_code"], p["reason"]).alias("detail"),
+                          finding.alias("finding"),
                           F.explode(signals).alias("signal")))
 
     return apply

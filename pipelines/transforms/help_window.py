@@ -48,18 +48,26 @@ from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 
 from pipelines.config import HelpConfig
 from pipelines.transforms.help import (
+    ALIVE,
+    DIAGNOSTICS,
     EARLY,
     EVIDENCE_COLUMNS,
+    RELAY,
+    RELAY_FIELDS,
     REQUEST,
     REQUEST_COLUMNS,
-    STATE_PAIR_SCHEMA,
+    ROLES,
     TICK,
+    WINDOW_OUTPUT_SCHEMA,
     Transform,
     classroom_bucket,
     window_pairs,
 )
+from pipelines.transforms.playbook import PAGE_TURN
 
-_PAIR_COLUMNS = (*REQUEST_COLUMNS, *EVIDENCE_COLUMNS, EARLY)
+_PAIR_COLUMNS = (*REQUEST_COLUMNS, *EVIDENCE_COLUMNS, EARLY, RELAY)
+_RELAY_NAMES = tuple(name for name, _ in RELAY_FIELDS)
+_RELAY_ONLY = frozenset((ALIVE, PAGE_TURN, DIAGNOSTICS))  # rows for the resolver, not evidence
 # help_signals column -> request field
 _REQUEST_SOURCE = {"help_id": "help_id", "classroom_id": "classroom_id",
                    "lesson_id": "lesson_id", "requester_id": "user_id",
@@ -71,7 +79,19 @@ _PAIR = Row(*_PAIR_COLUMNS)
 
 
 def _pair_row(pair: dict[str, Any], *, early: bool) -> Row:
-    return _PAIR(*(early if c == EARLY else pair[c] for c in _PAIR_COLUMNS))
+    return _PAIR(*(early if c == EARLY else pair.get(c) for c in _PAIR_COLUMNS))
+
+
+def _relay_row(items: list[dict[str, Any]]) -> Row:
+    """The bucket's relay for this micro-batch: one output row, the items as a JSON array."""
+    return _PAIR(*(orjson.dumps(items).decode() if c == RELAY else None
+                   for c in _PAIR_COLUMNS))
+
+
+def _relay_item(row: Row) -> dict[str, Any]:
+    """An input row as the resolver reads it (RELAY_FIELDS; `kind` is the row's signal)."""
+    return {name: row["signal" if name == "kind" else name] for name in _RELAY_NAMES}
+
 
 
 _KAFKA_MS = EVIDENCE_COLUMNS.index("kafka_time_ms")
@@ -185,13 +205,14 @@ class HelpWindowProcessor(StatefulProcessor):
     """
 
     def __init__(self, before_ms: int, after_ms: int, slack_ms: int, *, early: bool,
-                 delay_ms: int | None = None) -> None:
+                 delay_ms: int | None = None, relay: bool = False) -> None:
         self.before_ms = before_ms
         self.after_ms = after_ms
         self.delay_ms = delay_ms  # close windows from this batch's ticks (None: timers only)
         self.retain_ms = before_ms + after_ms + slack_ms
         self.prune_every_ms = slack_ms
         self.early = early  # also cut each request's pairs when it arrives (early_tags)
+        self.relay = relay  # relay fired signals, liveness and diagnostics for the resolver
 
     def init(self, handle: StatefulProcessorHandle) -> None:
         self.handle = handle
@@ -203,14 +224,21 @@ class HelpWindowProcessor(StatefulProcessor):
         evidence: dict[str, list[list[Any]]] = {}
         requests: dict[str, list[Row]] = {}
         read_to: int | None = None  # the newest tick's broker time in this batch
+        relayed: list[dict[str, Any]] = []
         for row in rows:
-            classroom = row["classroom_id"] or ""
-            if row["signal"] == TICK:
+            classroom, signal = row["classroom_id"] or "", row["signal"]
+            if signal == TICK:
                 read_to = max(read_to or 0, int(row["kafka_time_ms"]))
-            elif row["signal"] == REQUEST:
+            elif signal == REQUEST:
                 requests.setdefault(classroom, []).append(row)
+            elif signal in _RELAY_ONLY:
+                relayed.append(_relay_item(row))
             else:
                 evidence.setdefault(classroom, []).append([row[c] for c in EVIDENCE_COLUMNS])
+                if self.relay and classroom and row["role"] in ROLES:
+                    relayed.append(_relay_item(row))
+        if relayed:
+            yield _relay_row(relayed)
         if not (evidence or requests or self.state.exists()):
             return  # only ticks, and nothing held (`get` on no value logs a warning each time)
         stored = self.state.get()
@@ -267,13 +295,16 @@ class HelpWindowProcessor(StatefulProcessor):
         pass
 
 
-def buffer_requests_with_evidence(cfg: HelpConfig) -> Transform:
-    """Signals -> (request, evidence) pairs, each request once its window closed."""
+def buffer_requests_with_evidence(cfg: HelpConfig, *, relay: bool = False) -> Transform:
+    """Signals -> (request, evidence) pairs, each request once its window closed
+    (WINDOW_OUTPUT_SCHEMA); with `relay` (input from `help_signals(..., relay=True)`), also
+    the resolver's rows, one relay row per bucket and micro-batch."""
     processor = HelpWindowProcessor(int(cfg.window_before_s * 1000),
                                     int(cfg.window_after_s * 1000),
                                     int(cfg.evidence_slack_s * 1000),
                                     early=bool(cfg.early_tags),
-                                    delay_ms=int(cfg.watermark_delay_s * 1000))
+                                    delay_ms=int(cfg.watermark_delay_s * 1000),
+                                    relay=relay)
 
     def apply(df: DataFrame) -> DataFrame:
         # Dropping the watermarked column keeps Spark from filtering late rows out of the
@@ -283,6 +314,6 @@ def buffer_requests_with_evidence(cfg: HelpConfig) -> Transform:
         bucket = F.explode(F.when(F.col("signal") == TICK, every_bucket)
                             .otherwise(F.array(classroom_bucket(cfg.key_buckets))))
         return (df.drop("kafka_timestamp").withColumn("bucket", bucket).groupBy("bucket")
-                  .transformWithState(processor, STATE_PAIR_SCHEMA, "Append", "EventTime"))
+                  .transformWithState(processor, WINDOW_OUTPUT_SCHEMA, "Append", "EventTime"))
 
     return apply

@@ -31,10 +31,21 @@ from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 
 from pipelines.config import HelpRulesConfig, ResolverConfig
 from pipelines.transforms.help import (
+    ALIVE,
     CANDIDATE_PROBE,
+    DIAGNOSTICS,
+    DIAGNOSTICS_EVENT,
+    HEARTBEAT,
+    LIVENESS,
+    PAGE_TURN_EVENT,
+    RELAY_FIELDS,
     ROLES,
     Transform,
+    candidate_probe_schema,
     classroom_bucket,
+    has_finding,
+    liveness,
+    liveness_kind,
     signal_conditions,
     with_json_probe,
 )
@@ -47,9 +58,7 @@ from pipelines.transforms.playbook import (
     wake_at,
 )
 
-TAG, ALIVE, DIAGNOSTICS = "tag", "alive", "diagnostics"
-HEARTBEAT, DIAGNOSTICS_EVENT = "signal.heartbeat", "help.diagnostics"
-PAGE_TURN_EVENT = "wb.page_turn"  # proves a whiteboard renders (ConfirmBy.PAGE_RENDERED)
+TAG = "tag"
 INPUT_SCHEMA = ("classroom_id string, kind string, signal string, role string, "
                 "kafka_time_ms long, help_id string, finding string, body string")
 TRANSITION_FIELDS = (
@@ -62,20 +71,6 @@ TRANSITION_COLUMNS = [n for n, _ in TRANSITION_FIELDS]
 TRANSITION_SCHEMA = ", ".join(f"{n} {t}" for n, t in TRANSITION_FIELDS)
 _TRANSITION = Row(*TRANSITION_COLUMNS)
 
-_PROBE_FIELDS = {"direction": "string", "media": "string", "packet_loss_pct": "double",
-                 "rtt_ms": "int", "freeze_count": "int", "mic_muted": "boolean",
-                 "step": "string"}
-
-
-def _has_finding() -> bool:
-    """Whether the contract knows help.diagnostics' `finding` (the simulator side adds it)."""
-    from schemas.contract import UNION_PAYLOAD_FIELDS
-
-    return any(f.name == "finding" for f in UNION_PAYLOAD_FIELDS)
-
-
-LIVENESS = "_liveness"  # (kind, classroom_id, role) of a heartbeat or page turn: no validation
-
 
 def resolver_candidates(rules: HelpRulesConfig, tags_topic: str) -> Transform:
     """Bronze rows -> tag records and the records that could fire a signal, beat a heart or
@@ -85,9 +80,9 @@ def resolver_candidates(rules: HelpRulesConfig, tags_topic: str) -> Transform:
     resolver_rows keeps, so validation still has the last word on signals, tags and
     diagnostics. Heartbeats and page turns get a `_liveness` struct instead, with `value`
     nulled so the validation does no work on them (see resolver_inputs); others get null.
+    The help job's relay makes the same choice (`help_candidates(..., relay=True)`).
     """
-    probe_schema = ("event_type string, classroom_id string, role string, payload struct<"
-                    + ", ".join(f"{n}: {t}" for n, t in _PROBE_FIELDS.items()) + ">")
+    probe_schema = candidate_probe_schema("classroom_id", "role")
 
     def apply(df: DataFrame) -> DataFrame:
         probe = F.col(CANDIDATE_PROBE)
@@ -97,16 +92,10 @@ def resolver_candidates(rules: HelpRulesConfig, tags_topic: str) -> Transform:
         for fired in signal_conditions(rules, etype, probe["payload"]).values():
             keep = keep | fired
         # No signal condition reads a heartbeat or a page turn, so these fire none.
-        live = ((F.col("topic") != tags_topic) & probe["role"].isin(*ROLES)
-                & (F.length(probe["classroom_id"]) > 0))
-        live_kind = (F.when(live & (etype == HEARTBEAT), F.lit(ALIVE))
-                      .when(live & (etype == PAGE_TURN_EVENT), F.lit(PAGE_TURN)))
-        liveness = F.when(live_kind.isNotNull(), F.struct(
-            live_kind.alias("kind"), probe["classroom_id"].alias("classroom_id"),
-            probe["role"].alias("role")))
+        live = liveness(probe, F.when(F.col("topic") != tags_topic, liveness_kind(etype)))
         return (df.transform(with_json_probe(probe_schema, CANDIDATE_PROBE))
                   .where(F.coalesce(keep, F.lit(False)))
-                  .select(*df.columns, liveness.alias(LIVENESS))
+                  .select(*df.columns, live.alias(LIVENESS))
                   .withColumn("value", F.when(F.col(LIVENESS).isNull(), F.col("value"))))
 
     return apply
@@ -136,7 +125,7 @@ def resolver_rows(rules: HelpRulesConfig, tags_topic: str) -> Transform:
                  .when(F.size(fired) > 0, fired)
                  .when(etype == PAGE_TURN_EVENT, F.array(F.lit(PAGE_TURN)))
                  .when(etype == HEARTBEAT, F.array(F.lit(ALIVE))).otherwise(none))
-        finding = p["finding"] if _has_finding() else F.lit(None).cast("string")
+        finding = p["finding"] if has_finding() else F.lit(None).cast("string")
         kafka_ms = (F.unix_micros(F.col("kafka_timestamp")) / 1000).cast("long")
         rows = df.select(
             F.when(is_tag, F.get_json_object("value", "$.classroom_id"))
@@ -343,6 +332,35 @@ def run_playbooks(cfg: ResolverConfig) -> Transform:
     def apply(df: DataFrame) -> DataFrame:
         return (df.withColumn("bucket", classroom_bucket(cfg.key_buckets)).groupBy("bucket")
                   .transformWithState(processor, TRANSITION_SCHEMA, "Append", "ProcessingTime"))
+
+    return apply
+
+
+def relay_inputs(tags_topic: str) -> Transform:
+    """Kafka rows of the tags topic and of the help job's relay topic -> processor input
+    (INPUT_SCHEMA): a tag record passes whole as `body`; a relay message (a JSON array of
+    RELAY_FIELDS objects, pipelines/transforms/help_window.py) gives one row per item. No
+    validation here: the help job validated what it relays (heartbeats and page turns need
+    none, see `liveness`). One projection and one explode."""
+    relay_schema = "array<struct<" + ", ".join(f"{n}: {t}" for n, t in RELAY_FIELDS) + ">>"
+    none = F.lit(None).cast("string")
+
+    def apply(df: DataFrame) -> DataFrame:
+        is_tag = F.col("topic") == tags_topic
+        kafka_ms = (F.unix_micros(F.col("kafka_timestamp")) / 1000).cast("long")
+        tag = F.struct(F.get_json_object("value", "$.classroom_id").alias("classroom_id"),
+                       F.lit(TAG).alias("kind"), none.alias("role"),
+                       kafka_ms.alias("kafka_time_ms"),
+                       F.get_json_object("value", "$.help_id").alias("help_id"),
+                       none.alias("finding"), F.col("value").alias("body"))
+        relayed = F.transform(F.from_json(F.col("value"), relay_schema), lambda r: F.struct(
+            *(r[n].alias(n) for n, _ in RELAY_FIELDS), none.alias("body")))
+        items = F.when(is_tag, F.array(tag)).otherwise(relayed)
+        kind = F.col("kind")
+        return (df.select(F.explode(items).alias("r")).select("r.*")
+                  .select("classroom_id", "kind",
+                          F.when(~kind.isin(TAG, ALIVE, DIAGNOSTICS), kind).alias("signal"),
+                          "role", "kafka_time_ms", "help_id", "finding", "body"))
 
     return apply
 

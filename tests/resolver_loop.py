@@ -190,8 +190,8 @@ EXPECTED = {"c-net": RESOLVED_AUTO, "c-mute": ESCALATED, "c-self": RESOLVED_SELF
 REQUEST_AGE_MS = 6000
 TEST_ENV = {"LAKEHOUSE__RESOLVER__TOTAL_TIMEOUT_S": "400",  # slow batches on a busy host
             "LAKEHOUSE__RESOLVER__TRIGGER_SECONDS": "0.5",
-            # The classrooms' events go to the five topics; the relay variant of the loop test
-            # runs the help job to relay them.
+            # The classrooms' events go to the five topics (the default; the relay variant of
+            # the loop test runs the help job to relay them).
             "LAKEHOUSE__RESOLVER__EVIDENCE": "topics"}
 
 

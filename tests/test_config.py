@@ -56,9 +56,10 @@ def test_quiet_confirm_must_span_more_than_one_client_sample() -> None:
 
 def test_the_relay_needs_the_help_window_processor() -> None:
     """The join engine has no processor to relay the resolver's evidence from."""
-    assert load_settings(environ=env()).resolver.evidence.value == "relay"
+    assert load_settings(environ=env()).resolver.evidence.value == "topics"
     with pytest.raises(ConfigError, match=r"LAKEHOUSE__RESOLVER__EVIDENCE=topics"):
-        load_settings(environ=env(LAKEHOUSE__HELP__ENGINE="join"))
+        load_settings(environ=env(LAKEHOUSE__HELP__ENGINE="join",
+                                  LAKEHOUSE__RESOLVER__EVIDENCE="relay"))
     settings = load_settings(environ=env(LAKEHOUSE__HELP__ENGINE="join",
                                          LAKEHOUSE__RESOLVER__EVIDENCE="topics"))
     assert settings.resolver.evidence.value == "topics"

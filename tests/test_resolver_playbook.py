@@ -59,6 +59,31 @@ def test_healthy_after_the_action_resolves_auto() -> None:
     assert wake_at(case) is None
 
 
+def test_a_proof_that_arrives_after_the_retry_still_confirms_the_first_action() -> None:
+    """The first resend fixed it, but its enter_success reached the resolver only after the
+    confirm timeout had sent a second one (a slow micro-batch, or the help job's relay): the
+    case ends RESOLVED_AUTO, not ESCALATED once the second window runs out."""
+    ev = Evidence()
+    ev.see("enter_fail", "student", T0)
+    case, _ = open_case(tag("STUDENT_NOT_ENTERED"), T0 + 1000, CFG)
+    assert run(case, ev, T0 + 1000) == [VALIDATE, ACT, CONFIRM]
+    assert run(case, ev, T0 + 2000) == []  # the next batch opens the 8 s window
+    assert run(case, ev, T0 + 10_000) == [ACT, CONFIRM]  # nothing seen by then: again
+    assert case["action_id"] == "h1:2:resend_enter_link"
+    ev.see("enter_success", "student", T0 + 5000)  # after the first resend + grace
+    assert run(case, ev, T0 + 11_000) == [RESOLVED_AUTO]
+
+
+def test_a_proof_from_before_the_first_action_does_not_confirm_it() -> None:
+    ev = Evidence()
+    ev.see("enter_fail", "student", T0)
+    case, _ = open_case(tag("STUDENT_NOT_ENTERED"), T0 + 1000, CFG)
+    assert run(case, ev, T0 + 1000) == [VALIDATE, ACT, CONFIRM]
+    assert run(case, ev, T0 + 10_000) == []
+    ev.see("enter_success", "student", T0 + 1500)  # within the grace after the action
+    assert RESOLVED_AUTO not in run(case, ev, T0 + 10_500)
+
+
 def test_silence_is_not_health_and_retries_end_escalated() -> None:
     ev = Evidence()
     ev.see("mic_muted", "teacher", T0)

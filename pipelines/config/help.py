@@ -22,8 +22,10 @@ class HelpEngine(StrEnum):
 class ResolverEvidence(StrEnum):
     """Where the resolver gets its classrooms' evidence (fired signals, liveness, diagnostics)."""
 
-    RELAY = "relay"  # from the help job, which reads and filters the five topics anyway
     TOPICS = "topics"  # the five classroom topics, read and filtered a second time
+    # From the help job, which reads and filters the five topics anyway: less CPU, but each
+    # piece of evidence waits for a help micro-batch (docs/RESOLVER.md, "Inputs").
+    RELAY = "relay"
 
 
 class HelpRulesConfig(_Model):
@@ -162,7 +164,7 @@ class ResolverConfig(_Model):
 
     actions_topic: str = "classroom.help.actions"
     escalations_topic: str = "classroom.help.escalations"
-    evidence: ResolverEvidence = ResolverEvidence.RELAY
+    evidence: ResolverEvidence = ResolverEvidence.TOPICS
     trigger_seconds: float = Field(1.0, ge=0)
     state_partitions: int = Field(1, ge=1)  # fixed by the checkpoint once the query ran
     # Classrooms are hashed into this many state groups. Keep it while a checkpoint lives: a

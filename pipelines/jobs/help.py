@@ -10,7 +10,7 @@ pipelines/transforms/help.py. One query:
       -> window: state (default) | join              pairs once a request's window closed
       -> foreachBatch: aggregate + rules -> guard -> Kafka classroom.help.tags -> gold.help_tags
 
-With `resolver.evidence: relay` (the default) the job also keeps heartbeats, page turns and
+With `resolver.evidence: relay` the job also keeps heartbeats, page turns and
 diagnostics replies (heartbeats and page turns unvalidated, see `liveness`), and the window
 processor hands them, with the fired signals, to the sink, which publishes them on
 `help.relay_topic` for the resolver before the batch's tags (docs/RESOLVER.md, "Inputs").

@@ -4,10 +4,10 @@ escalated (DESIGN.md "Automatic resolution").
 One query:
 
     Kafka (classroom.help.tags + the evidence, one source)
-      -> kafka_to_bronze -> relay_inputs (evidence: relay, the default: the help job's
+      -> kafka_to_bronze -> resolver_inputs (evidence: topics, the default: the five
+                            classroom topics; candidates, the shared validation, rows)
+                          | relay_inputs (evidence: relay: the help job's
                             classroom.help.relay, rows as they are)
-                          | resolver_inputs (evidence: topics: the five classroom topics;
-                            candidates, the shared validation, rows)
       -> run_playbooks: per bucket of classrooms, transformWithState + processing-time timers
       -> foreachBatch: Kafka classroom.help.actions / .escalations -> gold.help_resolutions
 
@@ -19,11 +19,11 @@ classrooms, each one state value (pipelines/transforms/resolver.py says why and 
 costs). Processing time, not the watermark: a playbook's deadlines are promises
 to people in a lesson, and must fire while the streams are quiet.
 
-Why a relay: the help job reads and filters the five topics anyway, and the resolver used a
-fifth of what it read of them again (fired signals, heartbeats, page turns, diagnostics
-replies); reading and filtering them twice cost the loop about a third of the machine at
-10,000 lessons (docs/BENCHMARKS.md). The relay of a help micro-batch is published before its
-tags, so a tag never arrives ahead of the evidence that was read with it.
+Why a relay option: the help job reads and filters the five topics anyway, and the resolver
+uses a fifth of what it reads of them again. The relay saves that second read (a third of
+the JVM executors' CPU at 10,000 lessons), at the price of a help micro-batch on every piece
+of evidence (docs/RESOLVER.md, "Inputs"). The relay of a help micro-batch is published before
+its tags, so a tag never arrives ahead of the evidence that was read with it.
 
 Delivery (Kafka, then Delta, exactly once there): pipelines/jobs/resolver_sink.py.
 """

@@ -104,6 +104,20 @@ def healthy_since(ev: Evidence, book: PlaybookConfig, role: str | None, start_ms
     return alive is not None and alive - begin >= span_ms
 
 
+def first_action_ms(case: dict[str, Any]) -> int:
+    """When the current playbook first acted (its attempts since the last re-tag).
+
+    CONFIRM counts health from there, not from the newest retry: a fix that landed, but whose
+    proof reached the resolver only after the confirm timeout sent a retry (evidence that went
+    through a busy micro-batch, or the help job's relay), still confirms the case instead of
+    escalating it when the one proof (an enter_success, a page turn) came before the retry.
+    For quiet playbooks this is no laxer: the span still counts from the last bad signal, and
+    while a fault is on, no gap between two bad samples is as long as the span (the settings
+    see to that).
+    """
+    return int(case["tried"][-case["book_attempts"]]["issued_at_ms"])
+
+
 def proven_before_acting(ev: Evidence, book: PlaybookConfig, role: str | None,
                          case: dict[str, Any], grace_ms: int) -> bool:
     """A proof playbook's proof (enter_success, a rendered page) came after the request but
@@ -115,10 +129,10 @@ def proven_before_acting(ev: Evidence, book: PlaybookConfig, role: str | None,
     """
     if not (book.self_resolve and book.confirm in _PROOF) or not case["book_attempts"]:
         return False
-    first_action_ms = case["tried"][-case["book_attempts"]]["issued_at_ms"]
+    first_ms = first_action_ms(case)
     # A proof playbook ignores the span: healthy since t means a proof at or after t.
     return (healthy_since(ev, book, role, case["request_broker_ms"], 0)
-            and not healthy_since(ev, book, role, first_action_ms + grace_ms, 0))
+            and not healthy_since(ev, book, role, first_ms + grace_ms, 0))
 
 
 def recovering(ev: Evidence, book: PlaybookConfig, role: str | None, start_ms: int) -> bool:
@@ -250,7 +264,7 @@ def advance(case: dict[str, Any], ev: Evidence, now_ms: int, cfg: ResolverConfig
                         rows.append(_row(case, VALIDATE, now_ms,
                                          f"re-tagged {finding} by client diagnostics"))
                     continue
-            elif healthy_since(ev, book, role, case["action_ms"] + grace_ms, span_ms):
+            elif healthy_since(ev, book, role, first_action_ms(case) + grace_ms, span_ms):
                 rows.append(_row(case, RESOLVED_AUTO, now_ms,
                                  f"healthy after {case['action_id']}"))
                 continue

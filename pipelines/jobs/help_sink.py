@@ -135,16 +135,17 @@ class HelpTagSink:
         batch = batch.persist()
         try:
             relay = batch.where(F.col(RELAY).isNotNull()).select(RELAY).toArrow()
+            clock.lap("compute")
+            if relay.num_rows:  # before the tags are computed: the evidence is waited for
+                self._produce([(self.relay_topic, None, v.encode())
+                               for v in relay[RELAY].to_pylist()], self.relay_topic)
+                self.relayed += relay.num_rows
+            clock.lap("relay")
             table = (batch.where(F.col(RELAY).isNull()).drop(RELAY).transform(self.records)
                      .toArrow())
+            clock.lap("tags")
         finally:
             batch.unpersist()
-        clock.lap("compute")
-        if relay.num_rows:
-            self._produce([(self.relay_topic, None, v.encode())
-                           for v in relay[RELAY].to_pylist()], self.relay_topic)
-            self.relayed += relay.num_rows
-        clock.lap("relay")
         return table
 
     @property

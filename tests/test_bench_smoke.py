@@ -247,6 +247,28 @@ def test_bench_resolve_splits_each_auto_resolution_into_its_segments() -> None:
                         "applied -> RESOLVED_AUTO": [4.0, 3.5]}
 
 
+def test_bench_resolve_counts_escalations_by_reason_and_fixability() -> None:
+    from pipelines.bench.resolve import ResolveRun, escalation_line, escalation_reasons
+
+    truth = {"h1": {"fixable": True}, "h2": {"fixable": False}, "h3": {"fixable": False},
+             "h4": {"fixable": True}}
+    finals = [
+        {"help_id": "h1", "state": "ESCALATED",
+         "detail": "total timeout (60 s after the request) in CONFIRM"},
+        {"help_id": "h2", "state": "ESCALATED", "detail": "not confirmed after 2 attempts"},
+        {"help_id": "h3", "state": "ESCALATED", "detail": "not confirmed after 3 attempts"},
+        {"help_id": "h4", "state": "RESOLVED_AUTO", "detail": "healthy after h4:1:x"},
+        {"help_id": "h5", "state": "ESCALATED", "detail": None}]  # not in the truth
+    got = escalation_reasons(truth, finals)
+    assert got == {"fixable": {"total timeout": 1},
+                   "not fixable": {"not confirmed after N attempts": 2, "?": 1}}
+    run = ResolveRun(classrooms=10, report=None, segments={}, offered_rate=0.0,  # type: ignore[arg-type]
+                     help_processed_rate=0.0, batch_s={}, drain_s=None, escalations=got)
+    assert escalation_line(run) == ("- 10 lessons, escalations by reason: fixable: total "
+                                    "timeout 1; not fixable: not confirmed after N attempts 2, "
+                                    "? 1.")
+
+
 def test_bench_resolve_rows() -> None:
     from pipelines.bench.memory import CpuSpan
     from pipelines.bench.resolve import (

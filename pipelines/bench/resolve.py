@@ -29,10 +29,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import statistics
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,30 @@ def resolution_segments(truth: dict[str, dict], tags: list[dict], finals: list[d
     return out
 
 
+def escalation_reasons(truth: dict[str, dict], finals: list[dict]) -> dict[str, Counter[str]]:
+    """ESCALATED cases by reason, split by whether the ground truth says the fault was fixable
+    (a fixable one escalated is a miss; an unfixable one must escalate). The reason is the
+    transition's detail without its parenthesis, digits as N ("total timeout",
+    "not confirmed after N attempts", "diagnostics found ...: no playbook")."""
+    out: dict[str, Counter[str]] = {"fixable": Counter(), "not fixable": Counter()}
+    for row in finals:
+        if row["state"] != "ESCALATED":
+            continue
+        fixable = bool((truth.get(row["help_id"]) or {}).get("fixable"))
+        reason = re.sub(r"\d+", "N", str(row.get("detail") or "?").split(" (")[0])
+        out["fixable" if fixable else "not fixable"][reason] += 1
+    return out
+
+
+def escalation_line(run: ResolveRun) -> str:
+    """One Markdown line: a run's escalations by reason, fixable ones first."""
+    parts = []
+    for kind, reasons in run.escalations.items():
+        listed = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common())
+        parts.append(f"{kind}: {listed or 'none'}")
+    return f"- {run.classrooms:,} lessons, escalations by reason: " + "; ".join(parts) + "."
+
+
 @dataclass
 class ResolveRun:
     classrooms: int
@@ -119,6 +145,8 @@ class ResolveRun:
     # query -> median seconds per data batch of each of Spark's trigger phases
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     cpu: CpuSpan | None = None  # simulator start -> every case final (or the drain timeout)
+    # "fixable" / "not fixable" (ground truth) -> reason -> ESCALATED cases
+    escalations: dict[str, Counter[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -188,12 +216,13 @@ def _load_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms: 
                             classrooms=classrooms, duration_s=duration_s, seed=seed,
                             silver_tables=[])
     finals = [r for r in _rows(settings.table_path(RESOLUTIONS_TABLE),
-                               ["help_id", "state", "transition_time"])
+                               ["help_id", "state", "transition_time", "detail"])
               if r["state"] in FINAL_STATES]
     tags = _rows(settings.table_path(TAGS_TABLE), ["help_id", "request_time", "tagged_at"])
     return ResolveRun(
         classrooms=classrooms, report=report,
         segments=resolution_segments(truth, tags, finals),
+        escalations=escalation_reasons(truth, finals),
         offered_rate=report.produced / sim_s,
         help_processed_rate=progress.processed_rate("help"),
         batch_s={name: [p["durationMs"].get("triggerExecution", 0) / 1000
@@ -340,6 +369,7 @@ def append_markdown(report: ResolveBenchReport, output: Path, loads: list[int],
              "", f"Machine: {m['cpu']}, {m['nproc']} CPUs, {m['memory']}; load average before "
              f"{m['load']}, after {m.get('load_after', '?')}; {m['versions']}.", "",
              *markdown_table(OUTCOME_COLUMNS, outcome_rows(report)),
+             *(escalation_line(run) for run in report.runs), "",
              "Where each RESOLVED_AUTO case's time went (seconds; a retry's wait between the "
              "first and the fixing action is in no column):", "",
              *markdown_table(SEGMENT_COLUMNS, segment_rows(report)),

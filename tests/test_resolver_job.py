@@ -56,11 +56,11 @@ def input_records(now: int) -> list[tuple[str, bytes]]:
 
 def kafka_frame(spark: SparkSession, records: list[tuple[str, bytes]], now: int):
     """The Kafka source's rows for (topic, value) pairs, all at broker time `now`."""
+    from pipelines.io.kafka_source import KAFKA_SCHEMA
+
     ts = datetime.fromtimestamp(now / 1000, UTC)
     return spark.createDataFrame(
-        [(None, v, t, 0, i, ts, 0) for i, (t, v) in enumerate(records)],
-        "key binary, value binary, topic string, partition int, offset long, "
-        "timestamp timestamp, timestampType int")
+        [(None, v, t, 0, i, ts, 0) for i, (t, v) in enumerate(records)], KAFKA_SCHEMA)
 
 
 def test_rows_keep_tags_fired_signals_heartbeats_and_diagnostics(spark: SparkSession) -> None:

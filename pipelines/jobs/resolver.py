@@ -85,10 +85,9 @@ class ResolverJob:
 
 
 def _topics_to_create(settings: Settings) -> dict[str, int]:
-    names = {t.name: t.partitions for t in settings.topics}
     wanted = [settings.help.tags_topic, settings.help.relay_topic,
               settings.resolver.actions_topic, settings.resolver.escalations_topic, *HELP_TOPICS]
-    return {settings.kafka_topic(n): names.get(n, 1) for n in wanted}
+    return {settings.kafka_topic(n): settings.partitions_of(n) for n in wanted}
 
 
 def start_resolver(spark: SparkSession, settings: Settings, *, once: bool) -> ResolverJob:

@@ -181,9 +181,7 @@ def help_candidates(rules: HelpRulesConfig, tick_topic: str | None = None, *,
                   .where(F.coalesce(candidate, F.lit(False)) | F.col("kafka_timestamp").isNull()))
         if not relay:
             return kept.drop(CANDIDATE_PROBE)
-        live = liveness(probe, liveness_kind(etype))
-        if tick_topic is not None:
-            live = F.when(F.col("topic") != tick_topic, live)
+        live = liveness(probe, liveness_kind(etype))  # a tick has no event_type: null
         return (kept.select(*df.columns, live.alias(LIVENESS))
                     .withColumn("value", F.when(F.col(LIVENESS).isNull(), F.col("value"))))
 
@@ -218,23 +216,26 @@ def help_signals(rules: HelpRulesConfig, tick_topic: str | None = None, *,
         fired = F.filter(F.array(*[F.when(c, F.lit(name)) for name, c in conditions.items()]),
                          lambda s: s.isNotNull())
         valid = F.col("reject_reason").isNull()
-        none = F.array().cast("array<string>")
-        signals = F.when(~valid, none).when(is_request, F.array(F.lit(REQUEST)))
+        branches = [(~valid, F.array().cast("array<string>")),
+                    (is_request, F.array(F.lit(REQUEST)))]
         classroom, role = F.col("classroom_id"), F.col("role")
         finding = F.lit(None).cast("string")
-        if relay:
+        if relay:  # liveness before validity: those rows skipped the validation
             live = F.col(LIVENESS)
-            signals = (F.when(live.isNotNull(), F.array(live["kind"])).when(~valid, none)
-                        .when(is_request, F.array(F.lit(REQUEST)))
-                        .when(F.col("event_type") == DIAGNOSTICS_EVENT,
-                              F.array(F.lit(DIAGNOSTICS))))
+            branches.insert(0, (live.isNotNull(), F.array(live["kind"])))
+            branches.append((F.col("event_type") == DIAGNOSTICS_EVENT,
+                             F.array(F.lit(DIAGNOSTICS))))
             classroom = F.coalesce(live["classroom_id"], classroom)
             role = F.coalesce(live["role"], role)
             if has_finding():
                 finding = p["finding"]
-        signals = signals.otherwise(fired)
         if tick_topic is not None:
-            signals = F.when(F.col("topic") == tick_topic, F.array(F.lit(TICK))).otherwise(signals)
+            branches.insert(0, (F.col("topic") == tick_topic, F.array(F.lit(TICK))))
+        (condition, value), *rest = branches
+        signals = F.when(condition, value)
+        for condition, value in rest:
+            signals = signals.when(condition, value)
+        signals = signals.otherwise(fired)
         return (df.select(classroom.alias("classroom_id"), F.col("kafka_timestamp"),
                           _ms(F.col("kafka_timestamp")).cast("long").alias("kafka_time_ms"),
                           F.col("event_time_ms").cast("long").alias("event_time_ms"),

@@ -79,7 +79,8 @@ _PAIR = Row(*_PAIR_COLUMNS)
 
 
 def _pair_row(pair: dict[str, Any], *, early: bool) -> Row:
-    return _PAIR(*(early if c == EARLY else pair.get(c) for c in _PAIR_COLUMNS))
+    return _PAIR(*(early if c == EARLY else None if c == RELAY else pair[c]
+                   for c in _PAIR_COLUMNS))
 
 
 def _relay_row(items: list[dict[str, Any]]) -> Row:
@@ -91,7 +92,6 @@ def _relay_row(items: list[dict[str, Any]]) -> Row:
 def _relay_item(row: Row) -> dict[str, Any]:
     """An input row as the resolver reads it (RELAY_FIELDS; `kind` is the row's signal)."""
     return {name: row["signal" if name == "kind" else name] for name in _RELAY_NAMES}
-
 
 
 _KAFKA_MS = EVIDENCE_COLUMNS.index("kafka_time_ms")

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
-from pyspark.sql import DataFrame, Row
+from pyspark.sql import Column, DataFrame, Row
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 
@@ -126,24 +126,34 @@ def resolver_rows(rules: HelpRulesConfig, tags_topic: str) -> Transform:
                  .when(etype == PAGE_TURN_EVENT, F.array(F.lit(PAGE_TURN)))
                  .when(etype == HEARTBEAT, F.array(F.lit(ALIVE))).otherwise(none))
         finding = p["finding"] if has_finding() else F.lit(None).cast("string")
-        kafka_ms = (F.unix_micros(F.col("kafka_timestamp")) / 1000).cast("long")
-        rows = df.select(
+        return df.select(
             F.when(is_tag, F.get_json_object("value", "$.classroom_id"))
              .otherwise(F.coalesce(live["classroom_id"], F.col("classroom_id")))
              .alias("classroom_id"),
             F.explode(kinds).alias("kind"),
             F.coalesce(live["role"], F.col("role")).alias("role"),
-            kafka_ms.alias("kafka_time_ms"),
+            _kafka_ms().alias("kafka_time_ms"),
             F.when(is_tag, F.get_json_object("value", "$.help_id"))
              .otherwise(p["help_id"]).alias("help_id"),
-            finding.alias("finding"), F.when(is_tag, F.col("value")).alias("body"))
-        return rows.select(
-            "classroom_id", "kind",
-            F.when(~F.col("kind").isin(TAG, ALIVE, DIAGNOSTICS), F.col("kind")).alias("signal"),
-            F.when(F.col("kind") != TAG, F.col("role")).alias("role"),
-            "kafka_time_ms", "help_id", "finding", "body")
+            finding.alias("finding"), F.when(is_tag, F.col("value")).alias("body"),
+        ).transform(_processor_input)
 
     return apply
+
+
+def _kafka_ms() -> Column:
+    """A Kafka row's broker time in epoch ms."""
+    return (F.unix_micros(F.col("kafka_timestamp")) / 1000).cast("long")
+
+
+def _processor_input(rows: DataFrame) -> DataFrame:
+    """(classroom_id, kind, role, kafka_time_ms, help_id, finding, body) rows -> INPUT_SCHEMA:
+    `signal` is the kind of a fired signal or page turn; a tag carries no role."""
+    kind = F.col("kind")
+    return rows.select(
+        "classroom_id", "kind", F.when(~kind.isin(TAG, ALIVE, DIAGNOSTICS), kind).alias("signal"),
+        F.when(kind != TAG, F.col("role")).alias("role"),
+        "kafka_time_ms", "help_id", "finding", "body")
 
 
 def _transition_rows(transitions: list[dict[str, Any]]) -> Iterator[Row]:
@@ -347,20 +357,16 @@ def relay_inputs(tags_topic: str) -> Transform:
 
     def apply(df: DataFrame) -> DataFrame:
         is_tag = F.col("topic") == tags_topic
-        kafka_ms = (F.unix_micros(F.col("kafka_timestamp")) / 1000).cast("long")
         tag = F.struct(F.get_json_object("value", "$.classroom_id").alias("classroom_id"),
                        F.lit(TAG).alias("kind"), none.alias("role"),
-                       kafka_ms.alias("kafka_time_ms"),
+                       _kafka_ms().alias("kafka_time_ms"),
                        F.get_json_object("value", "$.help_id").alias("help_id"),
                        none.alias("finding"), F.col("value").alias("body"))
         relayed = F.transform(F.from_json(F.col("value"), relay_schema), lambda r: F.struct(
             *(r[n].alias(n) for n, _ in RELAY_FIELDS), none.alias("body")))
         items = F.when(is_tag, F.array(tag)).otherwise(relayed)
-        kind = F.col("kind")
         return (df.select(F.explode(items).alias("r")).select("r.*")
-                  .select("classroom_id", "kind",
-                          F.when(~kind.isin(TAG, ALIVE, DIAGNOSTICS), kind).alias("signal"),
-                          "role", "kafka_time_ms", "help_id", "finding", "body"))
+                  .transform(_processor_input))
 
     return apply
 

@@ -78,11 +78,25 @@ def test_timers_follow_the_open_cases() -> None:
     delete, register = bucket.reconcile_timers(now)
     assert delete == [] and register == sorted([wake_at(first), wake_at(second)])
     assert bucket.timers == register
-    # h1 ends; a timer that already fired (<= now) is Spark's to delete, not ours
+    # h1 ends: its timer goes; one that already fired (`fired`) is Spark's to delete
     del bucket.cases["h1"]
     bucket.timers.append(now - 10)
-    delete, register = bucket.reconcile_timers(now)
+    delete, register = bucket.reconcile_timers(now, fired=now - 10)
     assert delete == [wake_at(first)] and register == []
     assert bucket.timers == [wake_at(second)]
     del bucket.cases["h2"]
     assert bucket.reconcile_timers(now) == ([wake_at(second)], []) and bucket.timers == []
+
+
+def test_a_due_timer_is_neither_registered_again_nor_deleted() -> None:
+    """While input rows are handled, Spark has not yet fired the batch's due timers: a case
+    that still wants its due timer keeps it (registering it again failed in Spark), and a
+    due timer no case wants fires anyway (its callback finds nothing to do)."""
+    case = _case("h1", "c1")
+    bucket = Bucket(cases={"h1": case})
+    bucket.reconcile_timers(T0)
+    due = wake_at(case)
+    assert bucket.timers == [due]
+    assert bucket.reconcile_timers(due + 5) == ([], []) and bucket.timers == [due]
+    del bucket.cases["h1"]
+    assert bucket.reconcile_timers(due + 5) == ([], []) and bucket.timers == []

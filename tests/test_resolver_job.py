@@ -122,6 +122,69 @@ def test_the_help_jobs_relay_gives_the_resolver_the_same_rows(spark: SparkSessio
     assert len(direct) == 6
 
 
+# Tags and relay messages that give no case and no evidence: they go to the reject ledger.
+UNREADABLE_TAGS = [b"{not json", b'{"help_id":"h-lost","primary_tag":"VIDEO_FREEZE"}']
+UNREADABLE_RELAY = [b"[{oops", b'[{"classroom_id":"c1","kind":"alive","role":"teacher"},'
+                    b'{"kind":"alive","role":"student"}]']
+
+
+def test_unreadable_tags_and_relay_messages_become_rejected_rows(spark: SparkSession) -> None:
+    """Both input paths keep a record they cannot use as an UNREADABLE row with the reason,
+    the field and the record with its coordinates (the ledger's), and keep a relay
+    message's good items."""
+    from pipelines.config import HelpRulesConfig
+    from pipelines.transforms.bronze import kafka_to_bronze
+    from pipelines.transforms.resolver import UNREADABLE, relay_inputs, resolver_inputs
+
+    now = int(time.time() * 1000)
+    tags = [("tags", v) for v in UNREADABLE_TAGS]
+    relay = [("relay", v) for v in UNREADABLE_RELAY]
+    topics = (kafka_frame(spark, tags, now).transform(kafka_to_bronze)
+              .transform(resolver_inputs(HelpRulesConfig(), "tags")).collect())
+    relayed = (kafka_frame(spark, [*tags, *relay], now).transform(kafka_to_bronze)
+               .transform(relay_inputs("tags")).collect())
+    for rows, want in ((topics, [("tags", 0, "malformed_json", None),
+                                 ("tags", 1, "missing_field", "classroom_id")]),
+                       (relayed, [("relay", 2, "malformed_json", None),
+                                  ("relay", 3, "missing_field", "classroom_id, kind"),
+                                  ("tags", 0, "malformed_json", None),
+                                  ("tags", 1, "missing_field", "classroom_id")])):
+        bodies = [json.loads(r.body) for r in rows if r.kind == UNREADABLE]
+        assert sorted((b["topic"], b["offset"], b["reject_reason"], b.get("reject_rule"))
+                      for b in bodies) == want
+        assert all(b["kafka_timestamp_us"] == now * 1000 for b in bodies)
+        assert {b.get("value") for b in bodies} <= {v.decode() for _, v in [*tags, *relay]}
+        assert all(r.signal is None for r in rows)
+    # the second relay message's good item still counts as evidence
+    assert [(r.classroom_id, r.kind, r.role) for r in relayed if r.kind != UNREADABLE] == [
+        ("c1", "alive", "teacher")]
+
+
+def test_the_resolvers_ledger_rows_have_silvers_ledger_types(spark: SparkSession) -> None:
+    """The resolver appends to silver.rejects: its rows must have the types silver's routed
+    rejects have, or one of the two writers fails on the other's table."""
+    from pipelines.config import load_settings
+    from pipelines.jobs.silver import SILVER_PAYLOAD_FIELDS, silver_input, silver_topic_tables
+    from pipelines.transforms.bronze import kafka_to_bronze
+    from pipelines.transforms.silver import (
+        REJECT_COLUMNS,
+        REJECT_SCHEMA,
+        flag_late,
+        routed_rows,
+    )
+
+    settings = load_settings()
+    now = int(time.time() * 1000)
+    silver = (kafka_frame(spark, [("classroom.signal", b"{not json")], now)
+              .transform(kafka_to_bronze).transform(silver_input(settings))
+              .transform(flag_late(now))
+              .transform(routed_rows(silver_topic_tables(settings), SILVER_PAYLOAD_FIELDS, 1))
+              .select(*REJECT_COLUMNS))
+    ours = spark.createDataFrame([], REJECT_SCHEMA)
+    assert [(f.name, f.dataType) for f in silver.schema] == [
+        (f.name, f.dataType) for f in ours.schema]
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("evidence", ["topics", "relay"])
 def test_resolver_closes_the_loop(spark: SparkSession, broker, loop_settings,
@@ -153,9 +216,16 @@ def test_resolver_closes_the_loop(spark: SparkSession, broker, loop_settings,
             wait_for(lambda: _began_after(helper.query.lastProgress, sent), 120,
                      "a help batch after the history")
         produce_tags(live, rooms, int(time.time() * 1000) - REQUEST_AGE_MS)
+        unreadable = [("classroom.help.tags", v) for v in UNREADABLE_TAGS]
+        if helper is not None:
+            unreadable += [(settings.help.relay_topic, v) for v in UNREADABLE_RELAY]
+        for topic, value in unreadable:
+            live.send(topic, value, "c-net")
+        live.producer.flush(10)
         started = time.monotonic()
         wait_for(lambda: len(job.sink.last_state) == len(rooms) and not job.sink.open_cases,
                  240, "every case final")
+        wait_for(lambda: job.sink.rejected == len(unreadable), 60, "the unreadable records")
         elapsed = time.monotonic() - started
     finally:
         job.query.stop()
@@ -164,6 +234,15 @@ def test_resolver_closes_the_loop(spark: SparkSession, broker, loop_settings,
             helper.stop()
         live.stop()
     rows = gold(settings)
+    assert "REJECTED" not in {r["state"] for r in rows}
+    from deltalake import DeltaTable
+
+    from pipelines.transforms.silver import REJECTS_TABLE
+
+    ledger = DeltaTable(settings.table_path(REJECTS_TABLE)).to_pyarrow_table().to_pylist()
+    assert sorted((r["topic"], r["value"], r["reject_reason"]) for r in ledger) == sorted(
+        (settings.kafka_topic(t), v.decode(), "malformed_json" if v.startswith((b"{n", b"[{o"))
+         else "missing_field") for t, v in unreadable)
     if helper is not None:
         assert helper.sink.relayed > 0 and helper.sink.tags == 0
     check_outcomes(rows, live)

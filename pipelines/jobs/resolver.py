@@ -149,12 +149,14 @@ class ResolverResult:
     escalations: int
     skipped: int
     open_cases: int
+    rejected: int = 0
 
     def __str__(self) -> str:
         return (f"resolver: {self.batches} micro-batches, {self.rows:,} input rows, "
                 f"{self.transitions} transitions, {self.actions} actions and "
                 f"{self.escalations} escalations published ({self.skipped} already published, "
-                f"skipped), {self.open_cases} cases still open")
+                f"skipped), {self.open_cases} cases still open, {self.rejected} unreadable "
+                f"records to the reject ledger")
 
 
 def run_resolver(spark: SparkSession, settings: Settings, *, once: bool,
@@ -164,7 +166,7 @@ def run_resolver(spark: SparkSession, settings: Settings, *, once: bool,
     batches, rows = await_resolver(job, settings, console=console)
     s = job.sink
     return ResolverResult(batches, rows, s.transitions, s.actions, s.escalations, s.skipped,
-                          len(s.open_cases))
+                          len(s.open_cases), s.rejected)
 
 
 def run_resolver_job(settings: Settings, *, once: bool, console: Console | None = None

@@ -7,6 +7,10 @@ Delivery, per micro-batch of transitions:
 3. append the batch to gold.help_resolutions with the streaming transaction (query id,
    batch id): a replayed batch is never written twice.
 
+A tag or relay message the resolver cannot read (not JSON, no help_id or classroom_id) comes
+out of the processor as a REJECTED row and goes to the reject ledger (silver.rejects, with the
+streaming transaction too), never to gold.help_resolutions.
+
 The window left: a crash after 2 and before 3 replays the batch, which derives the same
 transitions (same input offsets, same state version, same batch timestamp), and publishes the
 same actions again, with the same action_id "<help_id>:<attempt>:<action>". That is why the
@@ -16,9 +20,11 @@ once. Escalations repeat the same way, keyed by help_id.
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -30,6 +36,8 @@ from pipelines.config import Settings
 from pipelines.io.delta import DeltaRsWriter, delta_writer, streaming_query_id
 from pipelines.io.kafka import produce_and_flush
 from pipelines.transforms.playbook import ACT, ESCALATED, FINAL_STATES
+from pipelines.transforms.resolver import REJECTED
+from pipelines.transforms.silver import REJECT_SCHEMA, REJECTS_TABLE
 
 HELP_RESOLUTIONS_TABLE = "gold.help_resolutions"
 ACTION_FIELDS = ("action_id", "help_id", "classroom_id", "lesson_id", "target_role", "action",
@@ -62,7 +70,7 @@ class ResolverSink:
         self.known_escalated: set[str] = set()
         self.last_state: dict[str, str] = {}  # help_id -> newest state written
         self.seeded = False
-        self.actions = self.escalations = self.transitions = self.skipped = 0
+        self.actions = self.escalations = self.transitions = self.skipped = self.rejected = 0
 
     @property
     def open_cases(self) -> list[str]:
@@ -97,6 +105,11 @@ class ResolverSink:
         table = batch.toArrow()
         if table.num_rows == 0:
             return
+        unreadable = pc.equal(table["state"], REJECTED)
+        rejected = table.filter(unreadable).to_pylist()
+        if rejected:
+            self._ledger(spark, rejected, batch_id)
+            table = table.filter(pc.invert(unreadable))
         rows = sorted(table.to_pylist(), key=lambda r: (r["help_id"], r["seq"]))
         actions = [r for r in rows if r["state"] == ACT
                    and r["action_id"] not in self.known_actions]
@@ -117,6 +130,17 @@ class ResolverSink:
         self.actions += len(actions)
         self.escalations += len(escalations)
         self.transitions += len(rows)
+
+    def _ledger(self, spark: SparkSession, rejected: list[dict[str, Any]], batch_id: int
+                ) -> None:
+        """Unreadable tags and relay messages -> the reject ledger (silver.rejects, the
+        streaming transaction makes a replay write them once), so that nothing read is lost
+        without a row saying why; `lakehouse rejects replay` can send them again."""
+        records = [_ledger_row(r, batch_id) for r in rejected]
+        self.rejected += len(records)
+        self.writer.append(spark.createDataFrame(records, REJECT_SCHEMA),
+                           self.settings.table_path(REJECTS_TABLE), partition_by=["reject_date"],
+                           app_id=self.app_id or "", version=batch_id)
 
     def _remember(self, rows: list[dict[str, Any]]) -> None:
         for r in rows:
@@ -146,6 +170,18 @@ class ResolverSink:
         if self.producer is not None:
             self.producer.flush(10)
             self.producer = None
+
+
+def _ledger_row(row: dict[str, Any], batch_id: int) -> tuple:
+    """A REJECTED processor row (`message`: the record, `_rejected_record`) -> a ledger row
+    in REJECT_SCHEMA's order; the envelope columns stay null (the record has none)."""
+    record = orjson.loads(row["message"])
+    stamp = datetime.fromtimestamp(record["kafka_timestamp_us"] / 1e6, UTC)
+    raw = record.get("value_raw")
+    return (record["topic"], record["partition"], record["offset"], stamp, record.get("key"),
+            record.get("value"), base64.b64decode(raw) if raw else None,
+            record["reject_reason"], record.get("reject_rule"), None, batch_id, None, None, None,
+            None, datetime.fromtimestamp(row["transition_ms"] / 1000, UTC), stamp.date())
 
 
 def gold_rows(table: pa.Table, batch_id: int) -> pa.Table:

@@ -59,6 +59,11 @@ from pipelines.transforms.playbook import (
 )
 
 TAG = "tag"
+# A record of the tags or relay topic that gives no case or evidence (it does not parse, or
+# lacks help_id / classroom_id): the processor passes it on as a REJECTED row, which the sink
+# writes to the reject ledger instead of dropping it.
+UNREADABLE = "unreadable"
+REJECTED = "REJECTED"
 INPUT_SCHEMA = ("classroom_id string, kind string, signal string, role string, "
                 "kafka_time_ms long, help_id string, finding string, body string")
 TRANSITION_FIELDS = (
@@ -111,7 +116,10 @@ def resolver_rows(rules: HelpRulesConfig, tags_topic: str) -> Transform:
 
     def apply(df: DataFrame) -> DataFrame:
         p = F.col("payload")
+        tag_help = F.get_json_object("value", "$.help_id")
+        tag_room = F.get_json_object("value", "$.classroom_id")
         is_tag = F.col("topic") == tags_topic
+        bad_tag = is_tag & (tag_help.isNull() | tag_room.isNull())
         live = F.col(LIVENESS)
         valid = F.col("reject_reason").isNull() & F.col("role").isin(*ROLES)
         etype = F.col("event_type")
@@ -119,7 +127,7 @@ def resolver_rows(rules: HelpRulesConfig, tags_topic: str) -> Transform:
                                     for n, c in signal_conditions(rules).items()]),
                          lambda s: s.isNotNull())
         none = F.array().cast("array<string>")
-        kinds = (F.when(is_tag, F.array(F.lit(TAG)))
+        kinds = (F.when(bad_tag, F.array(F.lit(UNREADABLE))).when(is_tag, F.array(F.lit(TAG)))
                  .when(live.isNotNull(), F.array(live["kind"])).when(~valid, none)
                  .when(etype == DIAGNOSTICS_EVENT, F.array(F.lit(DIAGNOSTICS)))
                  .when(F.size(fired) > 0, fired)
@@ -127,18 +135,37 @@ def resolver_rows(rules: HelpRulesConfig, tags_topic: str) -> Transform:
                  .when(etype == HEARTBEAT, F.array(F.lit(ALIVE))).otherwise(none))
         finding = p["finding"] if has_finding() else F.lit(None).cast("string")
         return df.select(
-            F.when(is_tag, F.get_json_object("value", "$.classroom_id"))
+            F.when(is_tag, tag_room)
              .otherwise(F.coalesce(live["classroom_id"], F.col("classroom_id")))
              .alias("classroom_id"),
             F.explode(kinds).alias("kind"),
             F.coalesce(live["role"], F.col("role")).alias("role"),
             _kafka_ms().alias("kafka_time_ms"),
-            F.when(is_tag, F.get_json_object("value", "$.help_id"))
-             .otherwise(p["help_id"]).alias("help_id"),
-            finding.alias("finding"), F.when(is_tag, F.col("value")).alias("body"),
+            F.when(is_tag, tag_help).otherwise(p["help_id"]).alias("help_id"),
+            finding.alias("finding"),
+            F.when(bad_tag, _unreadable_tag(tag_help)).when(is_tag, F.col("value")).alias("body"),
         ).transform(_processor_input)
 
     return apply
+
+
+def _rejected_record(reason: Column, rule: Column) -> Column:
+    """An unreadable record as the JSON `body` of an UNREADABLE row: the ledger's reason and
+    rule, and the record itself with its Kafka coordinates (bytes that are not UTF-8 in
+    base64), so that the sink can write it to the reject ledger as it came."""
+    return F.to_json(F.struct(
+        reason.alias("reject_reason"), rule.alias("reject_rule"), "topic", "partition",
+        "offset", F.unix_micros("kafka_timestamp").alias("kafka_timestamp_us"), "key", "value",
+        F.base64("value_raw").alias("value_raw")))
+
+
+def _unreadable_tag(help_id: Column) -> Column:
+    """A tag record without help_id or classroom_id: not JSON, or a field missing."""
+    not_json = F.json_object_keys("value").isNull()
+    return _rejected_record(
+        F.when(not_json, F.lit("malformed_json")).otherwise(F.lit("missing_field")),
+        F.when(not_json, F.lit(None).cast("string"))
+         .when(help_id.isNull(), F.lit("help_id")).otherwise(F.lit("classroom_id")))
 
 
 def _kafka_ms() -> Column:
@@ -151,9 +178,19 @@ def _processor_input(rows: DataFrame) -> DataFrame:
     `signal` is the kind of a fired signal or page turn; a tag carries no role."""
     kind = F.col("kind")
     return rows.select(
-        "classroom_id", "kind", F.when(~kind.isin(TAG, ALIVE, DIAGNOSTICS), kind).alias("signal"),
+        "classroom_id", "kind",
+        F.when(~kind.isin(TAG, ALIVE, DIAGNOSTICS, UNREADABLE), kind).alias("signal"),
         F.when(kind != TAG, F.col("role")).alias("role"),
         "kafka_time_ms", "help_id", "finding", "body")
+
+
+def _rejected(row: Row, now: int) -> dict[str, Any]:
+    """A REJECTED output row for an UNREADABLE input: `message` carries the record and the
+    reason (`_rejected_record`); it changes no case."""
+    empty = dict.fromkeys(TRANSITION_COLUMNS)
+    return {**empty, "help_id": row.help_id, "classroom_id": row.classroom_id,
+            "state": REJECTED, "seq": 0, "detail": orjson.loads(row.body)["reject_reason"],
+            "transition_ms": now, "message": row.body}
 
 
 def _transition_rows(transitions: list[dict[str, Any]]) -> Iterator[Row]:
@@ -212,14 +249,23 @@ class Bucket:
                 self.seen.pop(classroom, None)
         self.done = {h: at for h, at in self.done.items() if now - at <= done_ttl_ms}
 
-    def reconcile_timers(self, now: int) -> tuple[list[int], list[int]]:
+    def reconcile_timers(self, now: int, fired: int | None = None
+                         ) -> tuple[list[int], list[int]]:
         """(timers to delete, timers to register) so that one timer waits at each open case's
-        wake-up; `timers` is updated to the result. Spark deletes a timer once it fired, so
-        those at or before `now` are gone already."""
-        registered = {t for t in self.timers if t > now}
+        wake-up; `timers` is updated to the result.
+
+        `fired`: the timer whose callback this is (Spark deletes it afterwards). Every other
+        timer in `timers` is still registered, a due one (at or before `now`) too: Spark
+        fires due timers after the micro-batch's input rows. A due timer is neither
+        registered again (Spark logged "Failed to register timer ... already exists" for
+        that) nor deleted (it fires this batch anyway, and a bucket already advanced makes
+        its callback a no-op).
+        """
+        registered = {t for t in self.timers if t != fired}
         wanted = {t for c in self.cases.values() if (t := wake_at(c)) is not None}
         self.timers = sorted(wanted)
-        return sorted(registered - wanted), sorted(wanted - registered)
+        return (sorted(t for t in registered - wanted if t > now),
+                sorted(wanted - registered))
 
 
 class ResolverProcessor(StatefulProcessor):
@@ -250,12 +296,16 @@ class ResolverProcessor(StatefulProcessor):
                         timerValues: Any) -> Iterator[Row]:
         now = timerValues.getCurrentProcessingTimeInMs()
         by_classroom: dict[str, list[Row]] = {}
-        for row in rows:
-            if row.classroom_id is not None:
-                by_classroom.setdefault(row.classroom_id, []).append(row)
-        stored = self.state.get()
-        bucket = Bucket.loads(stored[0] if stored else None)
         out: list[dict[str, Any]] = []
+        for row in rows:
+            if row.kind == UNREADABLE:
+                out.append(_rejected(row, now))
+            elif row.classroom_id is not None:
+                by_classroom.setdefault(row.classroom_id, []).append(row)
+        # exists() first: get() of an empty value logs a warning in the JVM, and most buckets
+        # of healthy classrooms keep no value.
+        stored = self.state.get() if self.state.exists() else None
+        bucket = Bucket.loads(stored[0] if stored else None)
         for classroom, inputs in by_classroom.items():
             out.extend(self._classroom(bucket, classroom, inputs, now))
         if stored is not None or bucket.ev or bucket.cases:
@@ -295,13 +345,12 @@ class ResolverProcessor(StatefulProcessor):
 
     def handleExpiredTimer(self, key: Any, timerValues: Any,
                            expiredTimerInfo: Any) -> Iterator[Row]:
-        stored = self.state.get()
-        if stored is None:
+        if not self.state.exists():
             return
         now = timerValues.getCurrentProcessingTimeInMs()
-        bucket = Bucket.loads(stored[0])
+        bucket = Bucket.loads(self.state.get()[0])
         out = self._advance(bucket, dict(bucket.cases), now)
-        self._save(bucket, now)
+        self._save(bucket, now, fired=expiredTimerInfo.getExpiryTimeInMs())
         yield from _transition_rows(out)
 
     def _advance(self, bucket: Bucket, cases: dict[str, dict[str, Any]], now: int
@@ -317,11 +366,11 @@ class ResolverProcessor(StatefulProcessor):
                 ev.findings.pop(help_id, None)
         return out
 
-    def _save(self, bucket: Bucket, now: int) -> None:
-        """Prune the bucket, bring the registered timers in line with its open cases, store
-        it (or clear it when nothing is left)."""
+    def _save(self, bucket: Bucket, now: int, fired: int | None = None) -> None:
+        """Prune the bucket, bring the registered timers in line with its open cases (`fired`:
+        the timer being handled), store it (or clear it when nothing is left)."""
         bucket.prune(now, int(self.cfg.evidence_ttl_s * 1000), int(self.cfg.done_ttl_s * 1000))
-        delete, register = bucket.reconcile_timers(now)
+        delete, register = bucket.reconcile_timers(now, fired)
         for at in delete:
             self.handle.deleteTimer(at)
         for at in register:
@@ -351,20 +400,37 @@ def relay_inputs(tags_topic: str) -> Transform:
     (INPUT_SCHEMA): a tag record passes whole as `body`; a relay message (a JSON array of
     RELAY_FIELDS objects, pipelines/transforms/help_window.py) gives one row per item. No
     validation here: the help job validated what it relays (heartbeats and page turns need
-    none, see `liveness`). One projection and one explode."""
+    none, see `liveness`). One projection and one explode. A message that does not parse, or
+    an item without classroom or kind, gives an UNREADABLE row (the reject ledger) besides
+    the message's good items."""
     relay_schema = "array<struct<" + ", ".join(f"{n}: {t}" for n, t in RELAY_FIELDS) + ">>"
     none = F.lit(None).cast("string")
 
+    def row(classroom: Column, kind: Column, help_id: Column, body: Column) -> Column:
+        return F.struct(classroom.alias("classroom_id"), kind.alias("kind"), none.alias("role"),
+                        _kafka_ms().alias("kafka_time_ms"), help_id.alias("help_id"),
+                        none.alias("finding"), body.alias("body"))
+
     def apply(df: DataFrame) -> DataFrame:
+        tag_help = F.get_json_object("value", "$.help_id")
+        tag_room = F.get_json_object("value", "$.classroom_id")
         is_tag = F.col("topic") == tags_topic
-        tag = F.struct(F.get_json_object("value", "$.classroom_id").alias("classroom_id"),
-                       F.lit(TAG).alias("kind"), none.alias("role"),
-                       _kafka_ms().alias("kafka_time_ms"),
-                       F.get_json_object("value", "$.help_id").alias("help_id"),
-                       none.alias("finding"), F.col("value").alias("body"))
-        relayed = F.transform(F.from_json(F.col("value"), relay_schema), lambda r: F.struct(
+        tag = F.when(tag_help.isNull() | tag_room.isNull(),
+                     row(tag_room, F.lit(UNREADABLE), tag_help, _unreadable_tag(tag_help))
+                     ).otherwise(row(tag_room, F.lit(TAG), tag_help, F.col("value")))
+        parsed = F.from_json(F.col("value"), relay_schema)
+        good = F.filter(parsed, lambda r: r["classroom_id"].isNotNull() & r["kind"].isNotNull())
+        relayed = F.transform(good, lambda r: F.struct(
             *(r[n].alias(n) for n, _ in RELAY_FIELDS), none.alias("body")))
-        items = F.when(is_tag, F.array(tag)).otherwise(relayed)
+        reason = (F.when(parsed.isNull(), F.lit("malformed_json"))
+                  .when(F.size(good) < F.size(parsed), F.lit("missing_field")))
+        rule = F.when(parsed.isNotNull(), F.lit("classroom_id, kind"))
+        unreadable = F.when(reason.isNotNull(), F.array(row(
+            none, F.lit(UNREADABLE), none, _rejected_record(reason, rule))))
+        none_of = F.array().cast("array<struct<" + ", ".join(
+            f"{n}: {t}" for n, t in (*RELAY_FIELDS, ("body", "string"))) + ">>")
+        items = F.when(is_tag, F.array(tag)).otherwise(F.concat(
+            F.coalesce(relayed, none_of), F.coalesce(unreadable, none_of)))
         return (df.select(F.explode(items).alias("r")).select("r.*")
                   .transform(_processor_input))
 

@@ -239,9 +239,10 @@ class HelpWindowProcessor(StatefulProcessor):
                     relayed.append(_relay_item(row))
         if relayed:
             yield _relay_row(relayed)
-        if not (evidence or requests or self.state.exists()):
-            return  # only ticks, and nothing held (`get` on no value logs a warning each time)
-        stored = self.state.get()
+        held = self.state.exists()  # `get` of no value logs a warning in the JVM each time
+        if not (evidence or requests or held):
+            return  # only ticks, and nothing held
+        stored = self.state.get() if held else None
         bucket = WindowBucket.loads(stored[0] if stored else None)
         for classroom, new in evidence.items():
             bucket.ev.setdefault(classroom, []).extend(new)

@@ -57,3 +57,39 @@ def test_spark_zips_go_where_pyspark_and_py4j_are_installed(
     assert drop_redundant_archives() == [spark_zip, py4j_zip]
     assert sys.path == [str(site)]
     assert sys.path_importer_cache == {}
+
+
+def test_workers_collect_young_garbage_after_each_task(spark: SparkSession) -> None:
+    """In a real worker: pyspark.daemon's `gc` collects the young generations only, what the
+    daemon imported is frozen, and a task's cyclic garbage is still collected."""
+    def _worker_gc(_: object) -> list[tuple[str, int, int]]:
+        import gc
+
+        import pyspark.daemon
+
+        class Cycle:
+            pass
+
+        a, b = Cycle(), Cycle()
+        a.other, b.other = b, a
+        del a, b
+        return [(type(pyspark.daemon.gc).__name__, gc.get_freeze_count(),
+                 pyspark.daemon.gc.collect())]
+
+    [(name, frozen, collected)] = (spark.sparkContext.parallelize([0], 1)
+                                   .flatMap(_worker_gc).collect())
+    assert name == "YoungGenerationGc"
+    assert frozen > 1000
+    assert collected >= 2
+
+
+def test_young_generation_gc_is_the_real_gc_but_for_collect() -> None:
+    import gc
+
+    from pipelines.worker_daemon import YoungGenerationGc
+
+    shim = YoungGenerationGc()
+    assert shim.isenabled() == gc.isenabled() and shim.get_threshold() == gc.get_threshold()
+    before = gc.get_count()
+    shim.collect()
+    assert gc.get_count()[0] <= before[0]

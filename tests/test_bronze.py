@@ -20,6 +20,7 @@ from kafka_helpers import (
     unique_topics_env,
 )
 
+from pipelines.io.kafka_source import KAFKA_SCHEMA
 from pipelines.jobs.bronze import start_bronze
 from pipelines.jobs.runner import await_query
 from pipelines.transforms.bronze import kafka_to_bronze
@@ -57,9 +58,7 @@ def test_kafka_to_bronze_keeps_text_and_raw_bytes(spark) -> None:
     ts = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
     source = spark.createDataFrame(
         [(b"c1", b'{"a":1}', "classroom.av", 0, 5, ts, 0),
-         (None, b"\xff\xfe", "classroom.av", 1, 9, ts, 0)],
-        "key binary, value binary, topic string, partition int, offset long, "
-        "timestamp timestamp, timestampType int")
+         (None, b"\xff\xfe", "classroom.av", 1, 9, ts, 0)], KAFKA_SCHEMA)
     actual = source.transform(kafka_to_bronze)
     expected = spark.createDataFrame(
         [("classroom.av", 0, 5, ts, 0, "c1", '{"a":1}', None, ts.date()),

@@ -11,6 +11,7 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.config import HELP_TAGS, HelpConfig, HelpRulesConfig
+from pipelines.io.kafka_source import KAFKA_SCHEMA
 from pipelines.transforms.help import (
     EVIDENCE_COLUMNS,
     PAIR_SCHEMA,
@@ -267,9 +268,7 @@ def test_candidates_keep_every_record_that_yields_a_signal(spark) -> None:
     ts = datetime.now(UTC)
     records = [(e.key, e.value, e.topic, 0, i, ts, 0)
                for i, e in enumerate(generate_events(config, 12, 90, seed=5, start_ms=T0))]
-    bronze = spark.createDataFrame(records, (
-        "key binary, value binary, topic string, partition int, offset long, "
-        "timestamp timestamp, timestampType int")).transform(kafka_to_bronze).cache()
+    bronze = spark.createDataFrame(records, KAFKA_SCHEMA).transform(kafka_to_bronze).cache()
 
     def signals(df: DataFrame) -> DataFrame:
         return (df.transform(parse_and_validate).transform(help_signals(RULES))

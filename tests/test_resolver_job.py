@@ -36,6 +36,9 @@ def _began_after(progress: dict | None, at_s: float) -> bool:
 
 
 # ------------------------------------------------------------------------------ input rows
+TEST_ACCOUNTS = ["qa-bot"]  # silver.filtered_users: no evidence from them, either way
+
+
 def input_records(now: int) -> list[tuple[str, bytes]]:
     """(topic, value) of every kind the resolver reads, good and bad."""
     return [("classroom.av", av("c1", "teacher", now, muted=True)),
@@ -51,6 +54,8 @@ def input_records(now: int) -> list[tuple[str, bytes]]:
                                               {"page": 2})),
             ("classroom.av", av("c3", "student", now, muted=True).replace(
                 b'"bitrate_kbps":32', b'"bitrate_kbps":"x"')),  # rejected: no signal
+            ("classroom.av", av("c4", "teacher", now, muted=True).replace(
+                b'"user_id":"teacher-c4"', b'"user_id":"qa-bot"')),  # a test account: nothing
             ("tags", tag_message("c2", "h2", "VIDEO_FREEZE", now))]
 
 
@@ -73,7 +78,8 @@ def test_rows_keep_tags_fired_signals_heartbeats_and_diagnostics(spark: SparkSes
 
     now = int(time.time() * 1000)
     raw = kafka_frame(spark, input_records(now), now)
-    got = (raw.transform(kafka_to_bronze).transform(resolver_inputs(HelpRulesConfig(), "tags"))
+    got = (raw.transform(kafka_to_bronze)
+           .transform(resolver_inputs(HelpRulesConfig(), "tags", TEST_ACCOUNTS))
            .select("classroom_id", "kind", "signal", "role", "help_id", "finding").collect())
     assert sorted(tuple(r) for r in got) == sorted([
         ("c1", "mic_muted", "mic_muted", "teacher", None, None),
@@ -94,6 +100,7 @@ def test_the_help_jobs_relay_gives_the_resolver_the_same_rows(spark: SparkSessio
     from pipelines.transforms.help import LIVENESS, RELAY, help_candidates, help_signals
     from pipelines.transforms.help_window import buffer_requests_with_evidence
     from pipelines.transforms.resolver import relay_inputs, resolver_inputs
+    from pipelines.transforms.silver import flag_filtered_users
     from pipelines.transforms.validate import parse_and_validate
     from schemas.contract import HELP_CATEGORIES
 
@@ -102,7 +109,8 @@ def test_the_help_jobs_relay_gives_the_resolver_the_same_rows(spark: SparkSessio
     records = input_records(now)
     columns = ["classroom_id", "kind", "signal", "role", "kafka_time_ms", "help_id", "finding"]
     direct = (kafka_frame(spark, records, now).transform(kafka_to_bronze)
-              .transform(resolver_inputs(cfg.rules, "tags")).select(*columns).collect())
+              .transform(resolver_inputs(cfg.rules, "tags", TEST_ACCOUNTS))
+              .select(*columns).collect())
     request = envelope("help.request", "c1", "student", now,
                        {"help_id": "h9", "category": HELP_CATEGORIES[0]})
     window = (kafka_frame(spark, [*(r for r in records if r[0] != "tags"),
@@ -110,6 +118,7 @@ def test_the_help_jobs_relay_gives_the_resolver_the_same_rows(spark: SparkSessio
               .transform(kafka_to_bronze)
               .transform(help_candidates(cfg.rules, relay=True))
               .transform(parse_and_validate, (LIVENESS,))
+              .transform(flag_filtered_users(TEST_ACCOUNTS))  # as the help job does
               .transform(help_signals(cfg.rules, relay=True))
               .transform(buffer_requests_with_evidence(cfg, relay=True)).collect())
     relay = [(RELAY, r[RELAY].encode()) for r in window if r[RELAY] is not None]

@@ -65,7 +65,8 @@ def resolver_stream(spark: SparkSession, settings: Settings, checkpoint: str) ->
             update={"max_records_per_trigger": cfg.max_records_per_trigger})
         settings = settings.model_copy(update={"kafka": kafka})
     inputs = (relay_inputs(tags_topic) if relay
-              else resolver_inputs(settings.help.rules, tags_topic))
+              else resolver_inputs(settings.help.rules, tags_topic,
+                                   settings.silver.filtered_users))
     return (read_kafka_stream(spark, settings, topics, checkpoint=checkpoint)
             .transform(kafka_to_bronze)
             .transform(inputs)

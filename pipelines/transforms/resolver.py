@@ -20,7 +20,7 @@ information.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -439,8 +439,11 @@ def relay_inputs(tags_topic: str) -> Transform:
     return apply
 
 
-def resolver_inputs(rules: HelpRulesConfig, tags_topic: str) -> Transform:
-    """Bronze rows -> processor input: candidates, the shared validation, rows.
+def resolver_inputs(rules: HelpRulesConfig, tags_topic: str,
+                    filtered_users: Sequence[str] = ()) -> Transform:
+    """Bronze rows -> processor input: candidates, the shared validation, test accounts
+    flagged (`silver.filtered_users`: their signals and diagnostics are no evidence, as in the
+    help job and so in its relay), rows.
 
     Heartbeats and page turns skip the contract validation: they only tell that a role's
     client is sending (and, a page turn, that its whiteboard renders), which their envelope
@@ -448,11 +451,13 @@ def resolver_inputs(rules: HelpRulesConfig, tags_topic: str) -> Transform:
     rows validated, and validating them doubled the JVM cost of the resolver's input
     (docs/BENCHMARKS.md, 2026-11-27).
     """
+    from pipelines.transforms.silver import flag_filtered_users
     from pipelines.transforms.validate import parse_and_validate
 
     def apply(df: DataFrame) -> DataFrame:
         return (df.transform(resolver_candidates(rules, tags_topic))
                   .transform(parse_and_validate, (LIVENESS,))
+                  .transform(flag_filtered_users(filtered_users))
                   .transform(resolver_rows(rules, tags_topic)))
 
     return apply

@@ -304,8 +304,8 @@ class ResolverProcessor(StatefulProcessor):
                 out.append(_rejected(row, now))
             elif row.classroom_id is not None:
                 by_classroom.setdefault(row.classroom_id, []).append(row)
-        # exists() first: get() of an empty value logs a warning in the JVM, and most buckets
-        # of healthy classrooms keep no value.
+        # exists() first: get() of no value logs a warning in the JVM, and a bucket whose
+        # classrooms are all healthy keeps no value.
         stored = self.state.get() if self.state.exists() else None
         bucket = Bucket.loads(stored[0] if stored else None)
         for classroom, inputs in by_classroom.items():

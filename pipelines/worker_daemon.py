@@ -77,8 +77,7 @@ class YoungGenerationGc:
 if __name__ == "__main__":
     drop_redundant_archives()
     import pyspark.daemon
-    from pyspark.daemon import manager
 
     pyspark.daemon.gc = YoungGenerationGc()  # type: ignore[assignment]
     gc.freeze()
-    manager()
+    pyspark.daemon.manager()

@@ -37,7 +37,7 @@ from pipelines.io.delta import DeltaRsWriter, delta_writer, streaming_query_id
 from pipelines.io.kafka import produce_and_flush
 from pipelines.transforms.playbook import ACT, ESCALATED, FINAL_STATES
 from pipelines.transforms.resolver import REJECTED
-from pipelines.transforms.silver import REJECT_SCHEMA, REJECTS_TABLE
+from pipelines.transforms.silver import REJECT_COLUMNS, REJECT_SCHEMA, REJECTS_TABLE
 
 HELP_RESOLUTIONS_TABLE = "gold.help_resolutions"
 ACTION_FIELDS = ("action_id", "help_id", "classroom_id", "lesson_id", "target_role", "action",
@@ -174,14 +174,18 @@ class ResolverSink:
 
 def _ledger_row(row: dict[str, Any], batch_id: int) -> tuple:
     """A REJECTED processor row (`message`: the record, `_rejected_record`) -> a ledger row
-    in REJECT_SCHEMA's order; the envelope columns stay null (the record has none)."""
+    in REJECT_COLUMNS' order; the envelope columns stay null (the record has none)."""
     record = orjson.loads(row["message"])
     stamp = datetime.fromtimestamp(record["kafka_timestamp_us"] / 1e6, UTC)
     raw = record.get("value_raw")
-    return (record["topic"], record["partition"], record["offset"], stamp, record.get("key"),
-            record.get("value"), base64.b64decode(raw) if raw else None,
-            record["reject_reason"], record.get("reject_rule"), None, batch_id, None, None, None,
-            None, datetime.fromtimestamp(row["transition_ms"] / 1000, UTC), stamp.date())
+    values = {"topic": record["topic"], "partition": record["partition"],
+              "offset": record["offset"], "kafka_timestamp": stamp, "key": record.get("key"),
+              "value": record.get("value"), "value_raw": base64.b64decode(raw) if raw else None,
+              "reject_reason": record["reject_reason"], "reject_rule": record.get("reject_rule"),
+              "batch_id": batch_id,
+              "rejected_at": datetime.fromtimestamp(row["transition_ms"] / 1000, UTC),
+              "reject_date": stamp.date()}
+    return tuple(values.get(name) for name in REJECT_COLUMNS)
 
 
 def gold_rows(table: pa.Table, batch_id: int) -> pa.Table:

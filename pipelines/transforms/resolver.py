@@ -116,10 +116,9 @@ def resolver_rows(rules: HelpRulesConfig, tags_topic: str) -> Transform:
 
     def apply(df: DataFrame) -> DataFrame:
         p = F.col("payload")
-        tag_help = F.get_json_object("value", "$.help_id")
-        tag_room = F.get_json_object("value", "$.classroom_id")
+        tag_help, tag_room, unreadable = _tag_ids()
         is_tag = F.col("topic") == tags_topic
-        bad_tag = is_tag & (tag_help.isNull() | tag_room.isNull())
+        bad_tag = is_tag & unreadable
         live = F.col(LIVENESS)
         valid = F.col("reject_reason").isNull() & F.col("role").isin(*ROLES)
         etype = F.col("event_type")
@@ -147,6 +146,14 @@ def resolver_rows(rules: HelpRulesConfig, tags_topic: str) -> Transform:
         ).transform(_processor_input)
 
     return apply
+
+
+def _tag_ids() -> tuple[Column, Column, Column]:
+    """A tag record's help_id and classroom_id (its `value` read as JSON), and whether it
+    lacks either (not JSON, or a field missing): then it is UNREADABLE."""
+    help_id = F.get_json_object("value", "$.help_id")
+    classroom = F.get_json_object("value", "$.classroom_id")
+    return help_id, classroom, help_id.isNull() | classroom.isNull()
 
 
 def _rejected_record(reason: Column, rule: Column) -> Column:
@@ -414,10 +421,9 @@ def relay_inputs(tags_topic: str) -> Transform:
                         none.alias("finding"), body.alias("body"))
 
     def apply(df: DataFrame) -> DataFrame:
-        tag_help = F.get_json_object("value", "$.help_id")
-        tag_room = F.get_json_object("value", "$.classroom_id")
+        tag_help, tag_room, bad_tag = _tag_ids()
         is_tag = F.col("topic") == tags_topic
-        tag = F.when(tag_help.isNull() | tag_room.isNull(),
+        tag = F.when(bad_tag,
                      row(tag_room, F.lit(UNREADABLE), tag_help, _unreadable_tag(tag_help))
                      ).otherwise(row(tag_room, F.lit(TAG), tag_help, F.col("value")))
         parsed = F.from_json(F.col("value"), relay_schema)

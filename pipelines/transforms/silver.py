@@ -128,16 +128,17 @@ def accepted_columns(payload_fields: Sequence[str], extra_columns: Sequence[str]
     return [*ENVELOPE_COLUMNS, *payload_fields, *extra_columns, *_COORDINATES, "event_date"]
 
 
-REJECT_COLUMNS = ("topic", "partition", "offset", "kafka_timestamp", "key", "value", "value_raw",
-                  "reject_reason", "reject_rule", "watermark", "batch_id", "team", "event_type",
-                  "event_id", "event_time", "rejected_at", "reject_date")
-# The ledger's types, for writers other than silver's (the resolver's unreadable tags and
-# relay messages); tests/test_silver_transforms.py holds silver's routed rejects to them.
-REJECT_SCHEMA = ("topic string, partition int, offset bigint, kafka_timestamp timestamp, "
-                 "key string, value string, value_raw binary, reject_reason string, "
-                 "reject_rule string, watermark timestamp, batch_id bigint, team string, "
-                 "event_type string, event_id string, event_time timestamp, "
-                 "rejected_at timestamp, reject_date date")
+# The ledger's columns and types, one list: silver routes its rejects into these columns, and
+# other writers (the resolver's unreadable tags and relay messages) build rows with these
+# types; tests/test_resolver_job.py holds silver's routed rejects to them.
+REJECT_FIELDS = (("topic", "string"), ("partition", "int"), ("offset", "bigint"),
+                 ("kafka_timestamp", "timestamp"), ("key", "string"), ("value", "string"),
+                 ("value_raw", "binary"), ("reject_reason", "string"), ("reject_rule", "string"),
+                 ("watermark", "timestamp"), ("batch_id", "bigint"), ("team", "string"),
+                 ("event_type", "string"), ("event_id", "string"), ("event_time", "timestamp"),
+                 ("rejected_at", "timestamp"), ("reject_date", "date"))
+REJECT_COLUMNS = tuple(name for name, _ in REJECT_FIELDS)
+REJECT_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in REJECT_FIELDS)
 _RAW_RECORD = ("key", "value", "value_raw")
 
 

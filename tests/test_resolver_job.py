@@ -217,6 +217,11 @@ def test_resolver_closes_the_loop(spark: SparkSession, broker, loop_settings,
             wait_for(lambda: helper.query.lastProgress is not None, 300, "the help job's batch")
         live.start()
         time.sleep(5)  # some history: c-self's freeze ended before its request
+        # The requests' age counts from the end of the history, not from when the tags go out:
+        # waiting for the help job's relay (seconds on a busy host) must not move the
+        # requests past the evidence it relays (c-self would then look unhealed and be acted
+        # on).
+        history_ms = int(time.time() * 1000)
         if helper is not None:
             # The help job publishes a batch's relay before that batch's tags, so a tag never
             # overtakes the evidence read with its request. These tags come from the test: let
@@ -224,7 +229,7 @@ def test_resolver_closes_the_loop(spark: SparkSession, broker, loop_settings,
             sent = time.time()
             wait_for(lambda: _began_after(helper.query.lastProgress, sent), 120,
                      "a help batch after the history")
-        produce_tags(live, rooms, int(time.time() * 1000) - REQUEST_AGE_MS)
+        produce_tags(live, rooms, history_ms - REQUEST_AGE_MS)
         unreadable = [("classroom.help.tags", v) for v in UNREADABLE_TAGS]
         if helper is not None:
             unreadable += [(settings.help.relay_topic, v) for v in UNREADABLE_RELAY]

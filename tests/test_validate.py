@@ -37,6 +37,8 @@ def _with(old: bytes, new: bytes) -> bytes:
     return GOOD.replace(old, new, 1)
 
 
+PLAIN = _with(b'"1.0"', b'"5.12.3"')
+
 EDGE_CASES: dict[str, bytes | None] = {
     "good": GOOD,
     "leading and trailing whitespace": b" \n\t" + GOOD + b"\r\n ",
@@ -92,6 +94,17 @@ EDGE_CASES: dict[str, bytes | None] = {
     "duplicate key in a payload array": _with(GOOD[GOOD.index(b'{"direction"'):-1],
                                               b'[{"a":1,"a":2}]'),
     "nested extra field": _with(b'"rtt_ms":80', b'"rtt_ms":80,"extra":{"a":[1,{"b":null}]}'),
+    # Text that a number, a boolean or an object would also give in Spark's string reading.
+    "version text": PLAIN,
+    "version text, padded": b" " + PLAIN + b"\n",
+    "string true": PLAIN.replace(b'"cr-1"', b'"true"'),
+    "string object text": PLAIN.replace(b'"cr-1"', b'"{x"'),
+    "string quoted": PLAIN.replace(b'"cr-1"', b'"\\"q"'),
+    "string infinity": PLAIN.replace(b'"cr-1"', b'"Infinity"'),
+    "string number text": PLAIN.replace(b'"cr-1"', b'"1.0E-7"'),
+    "number as string field": PLAIN.replace(b'"cr-1"', b"1e400"),
+    "bool as string field": PLAIN.replace(b'"cr-1"', b"true"),
+    "double as nan string": PLAIN.replace(b'"jitter_ms":3.0', b'"jitter_ms":"NaN"'),
 }
 
 
@@ -144,3 +157,4 @@ def test_simulated_records_agree_with_the_python_validator(
 def test_the_good_record_is_valid() -> None:
     """Every edge case is a one-place change of GOOD, so GOOD itself must pass."""
     assert validate_raw(GOOD) == []
+

@@ -157,4 +157,3 @@ def test_simulated_records_agree_with_the_python_validator(
 def test_the_good_record_is_valid() -> None:
     """Every edge case is a one-place change of GOOD, so GOOD itself must pass."""
     assert validate_raw(GOOD) == []
-

@@ -37,6 +37,7 @@ def _with(old: bytes, new: bytes) -> bytes:
     return GOOD.replace(old, new, 1)
 
 
+# GOOD with an app_version that is not also the text of a JSON number (GOOD's "1.0" is).
 PLAIN = _with(b'"1.0"', b'"5.12.3"')
 
 EDGE_CASES: dict[str, bytes | None] = {

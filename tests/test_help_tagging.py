@@ -326,14 +326,18 @@ def _consume_all(settings, topic: str) -> list[tuple[bytes, bytes]]:
         consumer.close()
 
 
-def _remove_for_good(path: str, quiet_s: float = 3, attempts: int = 5) -> None:
-    """Delete a stopped query's checkpoint. Spark's state store maintenance may still upload
-    the stopped query's RocksDB snapshot for a moment (the file-system checkpoint manager
-    recreates missing directories), so delete until the path stays gone."""
+def _remove_for_good(spark, path: str, quiet_s: float = 3, attempts: int = 5) -> None:
+    """Delete a stopped query's checkpoint. Spark's state store maintenance (every 60 s by
+    default) may still upload the stopped query's RocksDB snapshot (the file-system checkpoint
+    manager recreates missing directories): on a slow host it did so after 3 quiet seconds,
+    and the next run found state on batch 0. So first unload every state store of the session
+    (no query runs here), then delete until the path stays gone."""
     import shutil
     import time
     from pathlib import Path
 
+    state = spark._jvm.org.apache.spark.sql.execution.streaming.state
+    getattr(state, "StateStore$").__getattr__("MODULE$").stop()
     for _ in range(attempts):
         shutil.rmtree(path, ignore_errors=True)
         time.sleep(quiet_s)
@@ -428,7 +432,7 @@ def test_help_job_tags_every_request_once_and_matches_ground_truth(spark, broker
 
     # Lose the checkpoint and run again over the same topics: every request is found already
     # tagged in gold.help_tags, so nothing new reaches Delta or Kafka.
-    _remove_for_good(settings.checkpoint_path("help"))
+    _remove_for_good(spark, settings.checkpoint_path("help"))
     again = run_help(spark, settings, once=True)
     assert (again.tags, again.skipped) == (0, len(truth))
     assert DeltaTable(settings.table_path(HELP_TAGS_TABLE)).to_pyarrow_table().num_rows == len(

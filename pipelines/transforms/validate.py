@@ -115,7 +115,7 @@ _SYNTAX_ONLY = StructType([StructField("k", StringType(), True),
 # The plain read: `{"k":[<value>]}` against the typed contract schema. Spark's JSON reading
 # writes any value as text into a string field, so it cannot tell `"5"` from `5`; what such
 # text can look like (a JSON number, true, false, an object, `"Infinity"` for a number beyond
-# the double range) is `_LAX_STRING`.
+# the double range) is what `_lax_string` looks for.
 _PLAIN_PROBE = StructType([StructField("k", ArrayType(envelope_spark_schema()), True),
                            StructField(CORRUPT, StringType(), True)])
 _JSON_NUMBER = r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?(?![\s\S])"

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from pipelines.transforms.silver import (
+    QUALITY_METRICS_SCHEMA,
     REJECTS_TABLE,
     ROUTE_COLUMN,
     flag_filtered_users,
     flag_late,
     flag_unrouted_topics,
+    quality_counts,
     routed_rows,
 )
 
@@ -94,3 +98,30 @@ def test_routing_sends_accepted_rows_to_their_table_and_rejects_to_the_ledger(sp
         (None, None), (None, None), (bytearray(b"k"), "{}")]
     assert {r.batch_id for r in out.values()} == {7}
     assert out[2].reject_date == T0.date() and out[0].event_date == T0.date()
+
+
+def test_quality_counts_count_each_team_and_outcome_as_spark_would(spark) -> None:
+    """The Arrow counts of the sink equal a Spark group-by of the same outcomes: a row without a
+    team counts as `unknown`, a row without a reason as `accepted`, a null time is skipped."""
+    t = [dt.datetime(2026, 11, 26, 12, 0, s, tzinfo=dt.UTC) for s in range(4)]
+    outcomes = pa.table({
+        "team": ["av", "av", None, "av", "help", "av"],
+        "reject_reason": [None, None, "malformed_json", "late", None, None],
+        "dedup_time": pa.array([t[0], t[2], t[1], t[3], None, t[1]], pa.timestamp("us", tz="UTC")),
+    })
+    got = quality_counts(outcomes, batch_id=4, query_id="q-1", recorded_at=t[0])
+    assert got.schema == QUALITY_METRICS_SCHEMA
+    expected = (spark.createDataFrame(outcomes)
+                .groupBy(F.coalesce("team", F.lit("unknown")).alias("team"),
+                         F.coalesce("reject_reason", F.lit("accepted")).alias("outcome"))
+                .agg(F.count("*").alias("rows"), F.max("dedup_time").alias("max_event_time"))
+                .select("*", F.lit(4).cast("long").alias("batch_id"),
+                        F.lit("q-1").alias("query_id"),
+                        F.lit(t[0]).cast("timestamp").alias("recorded_at")))
+    assert_df_equality(spark.createDataFrame(got), expected, ignore_row_order=True,
+                       ignore_nullable=True)
+    by_key = {(r["team"], r["outcome"]): r for r in got.to_pylist()}
+    assert by_key[("av", "accepted")]["rows"] == 3
+    assert by_key[("av", "accepted")]["max_event_time"] == t[2]
+    assert by_key[("unknown", "malformed_json")]["rows"] == 1
+    assert by_key[("help", "accepted")]["max_event_time"] is None

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
@@ -171,11 +172,8 @@ class SilverBatchWriter:
         if self.settings.faults.kill_after_delta_commit_batch == batch_id:
             # Fault injection (tests): die between the batch's table commits and its metrics.
             os.kill(os.getpid(), signal.SIGKILL)
-        metrics = (spark.createDataFrame(outcomes)
-                   .transform(quality_counts(batch_id))
-                   .withColumn("query_id", F.lit(self.app_id))
-                   .withColumn("recorded_at", F.current_timestamp())
-                   .toArrow())
+        metrics = quality_counts(outcomes, batch_id=batch_id, query_id=self.app_id,
+                                 recorded_at=datetime.now(UTC))
         self.writer.append_arrow(spark, metrics, self.settings.table_path(METRICS_TABLE),
                                  partition_by=[], app_id=self.app_id, version=batch_id)
         accepted = metrics.filter(pc.equal(metrics["outcome"], "accepted"))

@@ -1,6 +1,7 @@
 """Silver transforms after contract validation: clock sanity, filters, lateness, routing.
 
-All pure `DataFrame -> DataFrame` functions parametrised by closures. A record is rejected by
+Pure `DataFrame -> DataFrame` functions parametrised by closures (and `quality_counts`, which
+counts the outcomes the sink already holds, in Arrow). A record is rejected by
 the first check that fires; the order is the contract checks (validate.py), then
 `unnatural_timestamp`, then `filtered` (test accounts, then topics without a silver table),
 then (per micro-batch) `late`.
@@ -8,9 +9,12 @@ then (per micro-batch) `late`.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -176,19 +180,40 @@ def routed_rows(tables: Mapping[str, str], payload_fields: Sequence[str],
 
 # What `quality_counts` reads of a micro-batch's rows.
 OUTCOME_COLUMNS = ("team", "reject_reason", "dedup_time")
+# The columns and types of `ops.quality_metrics`, in order.
+QUALITY_METRICS_SCHEMA = pa.schema([
+    pa.field("team", pa.string(), nullable=False),
+    pa.field("outcome", pa.string(), nullable=False),
+    pa.field("rows", pa.int64(), nullable=False),
+    pa.field("max_event_time", pa.timestamp("us", tz="UTC")),
+    pa.field("batch_id", pa.int64(), nullable=False),
+    pa.field("query_id", pa.string(), nullable=False),
+    pa.field("recorded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+])
 
 
-def quality_counts(batch_id: int) -> Transform:
-    """Per team and outcome (accepted or a reject reason): rows in this micro-batch."""
+def quality_counts(outcomes: pa.Table, *, batch_id: int, query_id: str,
+                   recorded_at: dt.datetime) -> pa.Table:
+    """Per team and outcome (accepted or a reject reason): a micro-batch's rows and their
+    newest `dedup_time`, as `ops.quality_metrics` rows.
 
-    def apply(df: DataFrame) -> DataFrame:
-        return (df.withColumn("outcome", F.coalesce(F.col("reject_reason"), F.lit("accepted")))
-                  .groupBy(F.coalesce(F.col("team"), F.lit("unknown")).alias("team"), "outcome")
-                  .agg(F.count("*").alias("rows"),
-                       F.max("dedup_time").alias("max_event_time"))
-                  .withColumn("batch_id", F.lit(batch_id).cast("long")))
-
-    return apply
+    Arrow, not Spark: the sink already holds the batch's `OUTCOME_COLUMNS` on the driver, and
+    handing 300,000 rows back to Spark for a group-by cost more than the rest of the sink
+    (the optimizer walks a local relation of every row; docs/BENCHMARKS.md, 2026-11-28).
+    """
+    team = pc.coalesce(outcomes["team"], pa.scalar("unknown"))
+    outcome = pc.coalesce(outcomes["reject_reason"], pa.scalar("accepted"))
+    keyed = pa.table({"team": team, "outcome": outcome, "dedup_time": outcomes["dedup_time"]})
+    counts = keyed.group_by(["team", "outcome"], use_threads=False).aggregate(
+        [([], "count_all"), ("dedup_time", "max")])
+    n = counts.num_rows
+    return pa.table({
+        "team": counts["team"], "outcome": counts["outcome"], "rows": counts["count_all"],
+        "max_event_time": counts["dedup_time_max"].cast(pa.timestamp("us", tz="UTC")),
+        "batch_id": pa.repeat(pa.scalar(batch_id, pa.int64()), n),
+        "query_id": pa.repeat(pa.scalar(query_id), n),
+        "recorded_at": pa.repeat(pa.scalar(recorded_at, pa.timestamp("us", tz="UTC")), n),
+    }).cast(QUALITY_METRICS_SCHEMA)
 
 
 @dataclass(frozen=True)

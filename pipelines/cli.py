@@ -250,6 +250,9 @@ def bench_silver(
     warmup: Annotated[bool, typer.Option(
         help="First run the same simulation through bronze and silver once, unreported, so "
              "that the fresh JVM's JIT warm-up is not measured.")] = True,
+    repeat: Annotated[int, typer.Option(
+        min=1, help="Measured runs, each simulating, landing and validating its own class: "
+                    "the ratio of every run and their median.")] = 1,
     output: Annotated[Path, typer.Option(help="Markdown file to append results to.")] = Path(
         "docs/BENCHMARKS.md"),
 ) -> None:
@@ -257,7 +260,7 @@ def bench_silver(
     from pipelines.bench.silver import run_silver_bench
 
     run_silver_bench(settings(), classrooms=classrooms, duration_s=duration, output=output,
-                     console=console, warmup=warmup)
+                     console=console, warmup=warmup, repeat=repeat)
 
 
 @bench_app.command("validate")

@@ -199,18 +199,35 @@ def test_bench_silver_rates_with_and_without_the_first_batch() -> None:
 
 
 def test_bench_silver_markdown_says_whether_it_warmed_up(tmp_path: Path) -> None:
-    from pipelines.bench.silver import StageRate, _append_markdown
+    from pipelines.bench.silver import SilverRun, StageRate, _append_markdown
 
     out = tmp_path / "bench.md"
     bronze, silver = StageRate("bronze", 100, 1.0, 1), StageRate("silver", 100, 4.0, 1)
-    _append_markdown(out, 100, 5, 60, bronze, silver, 0.25, [], warmup=False,
-                     notes=["warm-up failed: boom"])
-    _append_markdown(out, 100, 5, 60, bronze, silver, 0.25, [])
+    run = SilverRun(100, bronze, silver, [])
+    _append_markdown(out, 5, 60, [run], warmup=False, notes=["warm-up failed: boom"])
+    _append_markdown(out, 5, 60, [run])
     text = out.read_text()
     assert "lakehouse bench silver --classrooms 5 --duration 60 --no-warmup`" in text
     assert "lakehouse bench silver --classrooms 5 --duration 60`" in text
     assert "no warm-up run" in text and "after an unreported warm-up run" in text
     assert "- warm-up failed: boom" in text
+    assert "**0.25** (goal" in text
+
+
+def test_bench_silver_repeated_runs_report_each_ratio_and_their_median(tmp_path: Path) -> None:
+    from pipelines.bench.silver import SilverRun, StageRate, _append_markdown
+
+    bronze = StageRate("bronze", 1000, 1.0, 2)
+    runs = [SilverRun(1000, bronze, StageRate("silver", 1000, busy, 1), [10, 12])
+            for busy in (4.0, 5.0, 2.0)]
+    assert [r.ratio for r in runs] == [0.25, 0.2, 0.5]
+    out = tmp_path / "bench.md"
+    _append_markdown(out, 5, 60, runs)
+    text = out.read_text()
+    assert "--duration 60 --repeat 3`" in text
+    assert "**0.25, 0.20, 0.50 (median 0.25)**" in text
+    assert "| 3 | silver | 1,000 | 1 | 2.0 | 500 | - |" in text
+    assert "Dedup state rows per silver batch (run 2): 2 batches" in text
 
 
 def test_bench_resolve_splits_each_auto_resolution_into_its_segments() -> None:

@@ -94,37 +94,71 @@ def _stage_run(spark: SparkSession, env: dict[str, str], root: Path, classrooms:
         spark.streams.removeListener(recorder)
 
 
+@dataclass
+class SilverRun:
+    """One measured run: bronze and silver over the same simulated class."""
+
+    events: int
+    bronze: StageRate
+    silver: StageRate
+    state: list[int]  # dedup state rows after each silver data batch
+
+    @property
+    def ratio(self) -> float:
+        return self.silver.rate / self.bronze.rate if self.bronze.rate else 0.0
+
+    @classmethod
+    def from_progress(cls, events: int, progress: list[dict]) -> SilverRun:
+        state = [p["state_rows"] for p in sorted(progress, key=lambda p: p["batch_id"])
+                 if p["query_name"] == "silver" and p["input_rows"]]
+        return cls(events, stage_rate(progress, "bronze"), stage_rate(progress, "silver"), state)
+
+
 def run_silver_bench(base: Settings, *, classrooms: int, duration_s: float,
-                     output: Path | None, console: Console, warmup: bool = True) -> None:
+                     output: Path | None, console: Console, warmup: bool = True,
+                     repeat: int = 1) -> list[SilverRun]:
     """`warmup`: first run the same simulation through bronze and silver once, unreported, on
     the same Spark session (`pipelines.bench.help.warm_up` says why). Measured warm, bronze
-    gains more than silver (docs/BENCHMARKS.md, 2026-11-27)."""
+    gains more than silver (docs/BENCHMARKS.md, 2026-11-27). `repeat`: measured runs, each on
+    topics and tables of its own; this host's speed drifts by a third within minutes, so one
+    run's ratio says less than several runs' spread."""
     notes: list[str] = []
+    runs: list[SilverRun] = []
     with tempfile.TemporaryDirectory(prefix="bench-silver-") as tmp, \
             broker_and_spark(base, Path(tmp), "bench-silver") as (env, spark):
         if warmup:
             warm_up(lambda: _stage_run(spark, env, Path(tmp) / "warmup", classrooms,
                                        duration_s), notes, console)
-        events, progress = _stage_run(spark, env, Path(tmp) / "run", classrooms, duration_s)
-    bronze, silver = stage_rate(progress, "bronze"), stage_rate(progress, "silver")
-    state = [p["state_rows"] for p in sorted(progress, key=lambda p: p["batch_id"])
-             if p["query_name"] == "silver" and p["input_rows"]]
-    table = Table(title=f"bench silver: {events:,} events, {classrooms} classrooms x "
+        for i in range(repeat):
+            events, progress = _stage_run(spark, env, Path(tmp) / f"run{i + 1}", classrooms,
+                                          duration_s)
+            runs.append(SilverRun.from_progress(events, progress))
+    table = Table(title=f"bench silver: {runs[0].events:,} events, {classrooms} classrooms x "
                         f"{duration_s:g} simulated s")
-    for column in ("stage", "rows", "batches", "busy s", "rows/s", "after batch 1"):
-        table.add_column(column, justify="left" if column == "stage" else "right")
-    for stage in (bronze, silver):
-        table.add_row(stage.name, f"{stage.rows:,}", str(stage.batches), f"{stage.busy_s:.1f}",
-                      f"{stage.rate:,.0f}", _or_dash(stage.steady_rate, ",.0f"))
+    for column in ("run", "stage", "rows", "batches", "busy s", "rows/s", "after batch 1"):
+        table.add_column(column, justify="left" if column in ("run", "stage") else "right")
+    for i, run in enumerate(runs, 1):
+        for stage in (run.bronze, run.silver):
+            table.add_row(str(i), stage.name, f"{stage.rows:,}", str(stage.batches),
+                          f"{stage.busy_s:.1f}", f"{stage.rate:,.0f}",
+                          _or_dash(stage.steady_rate, ",.0f"))
     console.print(table)
-    ratio = silver.rate / bronze.rate if bronze.rate else 0.0
-    steady = _or_dash(steady_ratio(bronze, silver), ".2f")
-    console.print(f"silver / bronze rate: {ratio:.2f} (goal >= 0.5); after each stage's first "
-                  f"batch: {steady}")
-    console.print(f"dedup state rows per silver batch: {_state_summary(state)}")
+    console.print(f"silver / bronze rate: {_ratios_summary(runs)} (goal >= 0.5); after each "
+                  f"stage's first batch: "
+                  + ", ".join(_or_dash(steady_ratio(r.bronze, r.silver), ".2f") for r in runs))
+    for i, run in enumerate(runs, 1):
+        console.print(f"run {i}: dedup state rows per silver batch: {_state_summary(run.state)}")
     if output is not None:
-        _append_markdown(output, events, classrooms, duration_s, bronze, silver, ratio, state,
-                         warmup, notes)
+        _append_markdown(output, classrooms, duration_s, runs, warmup, notes)
+    return runs
+
+
+def _ratios_summary(runs: list[SilverRun]) -> str:
+    """`0.21` for one run; `0.21, 0.25, 0.20 (median 0.21)` for several."""
+    ratios = ", ".join(f"{r.ratio:.2f}" for r in runs)
+    if len(runs) == 1:
+        return ratios
+    return f"{ratios} (median {statistics.median(r.ratio for r in runs):.2f})"
 
 
 _PROGRESS_COLUMNS = ["query_name", "batch_id", "input_rows", "batch_duration_ms", "state_rows"]
@@ -163,26 +197,28 @@ def _env_prefix() -> str:
     return "".join(f"{k}={v} " for k, v in overrides)
 
 
-def _append_markdown(output: Path, events: int, classrooms: int, duration_s: float,
-                     bronze: StageRate, silver: StageRate, ratio: float, state: list[int],
+def _append_markdown(output: Path, classrooms: int, duration_s: float, runs: list[SilverRun],
                      warmup: bool = True, notes: list[str] | None = None) -> None:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    steady = _or_dash(steady_ratio(bronze, silver), ".2f")
+    repeat = f" --repeat {len(runs)}" if len(runs) > 1 else ""
+    steady = ", ".join(_or_dash(steady_ratio(r.bronze, r.silver), ".2f") for r in runs)
     lines = [
         "", f"## bench silver — {when}", "",
         f"Command: `{_env_prefix()}lakehouse bench silver --classrooms {classrooms} "
-        f"--duration {duration_s:g}{'' if warmup else ' --no-warmup'}` ({events:,} simulated "
-        f"events, every bad-input kind; {os.cpu_count()} cores; load average after "
-        f"{os.getloadavg()[0]:.1f}; "
+        f"--duration {duration_s:g}{'' if warmup else ' --no-warmup'}{repeat}` "
+        f"({runs[0].events:,} simulated events per run, every bad-input kind; {os.cpu_count()} "
+        f"cores; load average after {os.getloadavg()[0]:.1f}; "
         f"{'after an unreported warm-up run of the same' if warmup else 'no warm-up run'}).",
         "",
-        "| stage | rows | micro-batches | busy s | rows/s | rows/s after batch 1 |",
-        "|---|---:|---:|---:|---:|---:|",
-        *(f"| {s.name} | {s.rows:,} | {s.batches} | {s.busy_s:.1f} | {s.rate:,.0f} "
-          f"| {_or_dash(s.steady_rate, ',.0f')} |" for s in (bronze, silver)),
-        "", f"Silver / bronze rate in the same run: **{ratio:.2f}** (goal: 0.5 or more); "
-            f"after each stage's first batch (the JVM's warm-up): {steady}.", "",
-        f"Dedup state rows per silver batch: {_state_summary(state)}.", "",
+        "| run | stage | rows | micro-batches | busy s | rows/s | rows/s after batch 1 |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+        *(f"| {i} | {s.name} | {s.rows:,} | {s.batches} | {s.busy_s:.1f} | {s.rate:,.0f} "
+          f"| {_or_dash(s.steady_rate, ',.0f')} |"
+          for i, run in enumerate(runs, 1) for s in (run.bronze, run.silver)),
+        "", f"Silver / bronze rate in the same run: **{_ratios_summary(runs)}** (goal: 0.5 or "
+            f"more); after each stage's first batch (the JVM's warm-up): {steady}.", "",
+        *(f"Dedup state rows per silver batch{f' (run {i})' if len(runs) > 1 else ''}: "
+          f"{_state_summary(run.state)}." for i, run in enumerate(runs, 1)), "",
         *(f"- {note}" for note in notes or []),
     ]
     output.parent.mkdir(parents=True, exist_ok=True)

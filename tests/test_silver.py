@@ -7,6 +7,7 @@ real CLI and a restart leave no duplicate and no missing silver row.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
@@ -17,6 +18,7 @@ import pytest
 from deltalake import DeltaTable
 from kafka_helpers import lakehouse_cli, topic_prefix_env
 
+from pipelines.config import StateStore
 from pipelines.jobs.bronze import start_bronze
 from pipelines.jobs.progress import PROGRESS_TABLE, ProgressRecorder
 from pipelines.jobs.runner import await_query
@@ -101,6 +103,13 @@ def test_silver_accounts_for_every_bronze_record(spark, bronze_run) -> None:
         spark.streams.removeListener(recorder)
 
     wait_for_progress_rows(settings)
+    # The dedup state lives where the profile says (the local profile: the JVM heap); Spark
+    # records the provider in the offset log, which fixes it for the query's life.
+    offsets = Path(settings.checkpoint_path("silver")) / "offsets" / "0"
+    used = json.loads(offsets.read_text().splitlines()[1])["conf"]
+    assert settings.silver.state_store is StateStore.MEMORY
+    assert used["spark.sql.streaming.stateStore.providerClass"].endswith(
+        "HDFSBackedStateStoreProvider")
     bronze = DeltaTable(settings.table_path("bronze.events")).count()
     assert bronze == summary.total
     accepted = sum(len(table_rows(settings, t, ["event_id"])) for t in SILVER_TABLES.values())

@@ -37,6 +37,7 @@ from pipelines.config.layers import (
     SchedulerMode,
     SilverConfig,
     SilverSource,
+    StateStore,
     StreamingConfig,
 )
 from pipelines.config.loading import ENV_PREFIX, SECRET_KEYS, conf_dir, load_settings
@@ -103,6 +104,7 @@ __all__ = [
     "SilverSource",
     "SimulatorConfig",
     "SparkConfig",
+    "StateStore",
     "StorageConfig",
     "StreamingConfig",
     "TopicConfig",

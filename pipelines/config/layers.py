@@ -59,8 +59,24 @@ class SilverSource(StrEnum):
     KAFKA = "kafka"
 
 
+class StateStore(StrEnum):
+    """Where a stateful query keeps its state between micro-batches."""
+
+    MEMORY = "memory"    # a hash map in the JVM heap, versions checkpointed as files
+    ROCKSDB = "rocksdb"  # RocksDB on local disk: bounded memory, any state size
+
+    @property
+    def provider_class(self) -> str:
+        package = "org.apache.spark.sql.execution.streaming.state."
+        return package + ("HDFSBackedStateStoreProvider" if self is StateStore.MEMORY
+                          else "RocksDBStateStoreProvider")
+
+
 class SilverConfig(_Model):
     source: SilverSource = SilverSource.BRONZE
+    # The event_id dedup state. Fixed by a query's checkpoint once it ran (Spark keeps the
+    # provider in its offset log); transformWithState (help, resolver) needs RocksDB anyway.
+    state_store: StateStore = StateStore.ROCKSDB
     dedup_window_s: float = Field(300, gt=0)  # watermark delay of the event_id dedup state
     lateness_s: float = Field(90, ge=0)  # our event-time watermark delay; older rows are `late`
     max_clock_ahead_s: float = Field(300, gt=0)  # client clock ahead of broker: unnatural

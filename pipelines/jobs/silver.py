@@ -215,7 +215,9 @@ def start_silver(spark: SparkSession, settings: Settings, *, once: bool) -> Runn
               .option("checkpointLocation", checkpoint)
               .foreachBatch(sink)
               .trigger(processingTime=f"{trigger_ms} milliseconds"))
-    with query_conf(spark, CHANGELOG_CHECKPOINTING), scheduler_pool(spark, settings, "silver"):
+    state = {**CHANGELOG_CHECKPOINTING,
+             "spark.sql.streaming.stateStore.providerClass": cfg.state_store.provider_class}
+    with query_conf(spark, state), scheduler_pool(spark, settings, "silver"):
         query = writer.start()
     return RunningJob(query, target)
 

@@ -222,9 +222,10 @@ def test_bench_silver_repeated_runs_report_each_ratio_and_their_median(tmp_path:
             for busy in (4.0, 5.0, 2.0)]
     assert [r.ratio for r in runs] == [0.25, 0.2, 0.5]
     out = tmp_path / "bench.md"
-    _append_markdown(out, 5, 60, runs)
+    _append_markdown(out, 5, 60, runs, jvm_peak=3 * 2**29)
     text = out.read_text()
     assert "--duration 60 --repeat 3`" in text
+    assert "JVM peak RSS over the whole bench (warm-up included): 1,536 MB." in text
     assert "**0.25, 0.20, 0.50 (median 0.25)**" in text
     assert "| 3 | silver | 1,000 | 1 | 2.0 | 500 | - |" in text
     assert "Dedup state rows per silver batch (run 2): 2 batches" in text

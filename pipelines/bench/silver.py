@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.bench.help import broker_and_spark, warm_up
+from pipelines.bench.memory import jvm_process, vm_hwm_bytes
 from pipelines.config import Settings, load_settings
 from pipelines.io.kafka_admin import ensure_topics
 from pipelines.jobs.bronze import start_bronze
@@ -133,6 +134,8 @@ def run_silver_bench(base: Settings, *, classrooms: int, duration_s: float,
             events, progress = _stage_run(spark, env, Path(tmp) / f"run{i + 1}", classrooms,
                                           duration_s)
             runs.append(SilverRun.from_progress(events, progress))
+        jvm = jvm_process()
+        jvm_peak = vm_hwm_bytes(jvm.pid) if jvm is not None else None
     table = Table(title=f"bench silver: {runs[0].events:,} events, {classrooms} classrooms x "
                         f"{duration_s:g} simulated s")
     for column in ("run", "stage", "rows", "batches", "busy s", "rows/s", "after batch 1"):
@@ -148,9 +151,14 @@ def run_silver_bench(base: Settings, *, classrooms: int, duration_s: float,
                   + ", ".join(_or_dash(steady_ratio(r.bronze, r.silver), ".2f") for r in runs))
     for i, run in enumerate(runs, 1):
         console.print(f"run {i}: dedup state rows per silver batch: {_state_summary(run.state)}")
+    console.print(f"Spark JVM peak RSS: {_megabytes(jvm_peak)}")
     if output is not None:
-        _append_markdown(output, classrooms, duration_s, runs, warmup, notes)
+        _append_markdown(output, classrooms, duration_s, runs, warmup, notes, jvm_peak)
     return runs
+
+
+def _megabytes(size: int | None) -> str:
+    return "-" if size is None else f"{size / 2**20:,.0f} MB"
 
 
 def _ratios_summary(runs: list[SilverRun]) -> str:
@@ -198,7 +206,8 @@ def _env_prefix() -> str:
 
 
 def _append_markdown(output: Path, classrooms: int, duration_s: float, runs: list[SilverRun],
-                     warmup: bool = True, notes: list[str] | None = None) -> None:
+                     warmup: bool = True, notes: list[str] | None = None,
+                     jvm_peak: int | None = None) -> None:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     repeat = f" --repeat {len(runs)}" if len(runs) > 1 else ""
     steady = ", ".join(_or_dash(steady_ratio(r.bronze, r.silver), ".2f") for r in runs)
@@ -219,6 +228,8 @@ def _append_markdown(output: Path, classrooms: int, duration_s: float, runs: lis
             f"more); after each stage's first batch (the JVM's warm-up): {steady}.", "",
         *(f"Dedup state rows per silver batch{f' (run {i})' if len(runs) > 1 else ''}: "
           f"{_state_summary(run.state)}." for i, run in enumerate(runs, 1)), "",
+        f"Spark JVM peak RSS over the whole bench (warm-up included): {_megabytes(jvm_peak)}.",
+        "",
         *(f"- {note}" for note in notes or []),
     ]
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,14 @@ import os
 
 import pytest
 
-from pipelines.config import ConfigError, DeltaEngine, KafkaSourceKind, Profile, load_settings
+from pipelines.config import (
+    ConfigError,
+    DeltaEngine,
+    KafkaSourceKind,
+    Profile,
+    StateStore,
+    load_settings,
+)
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -20,6 +27,7 @@ def test_local_is_the_default_profile_with_embedded_connectors() -> None:
     assert settings.profile is Profile.LOCAL
     assert settings.kafka.source is KafkaSourceKind.PYTHON
     assert settings.delta.engine is DeltaEngine.DELTA_RS
+    assert settings.silver.state_store is StateStore.MEMORY
     assert settings.kafka.bootstrap_servers == f"127.0.0.1:{settings.broker.port}"
 
 
@@ -27,6 +35,8 @@ def test_cluster_profile_switches_both_connectors() -> None:
     settings = load_settings(environ=env(LAKEHOUSE_PROFILE="cluster"))
     assert settings.kafka.source is KafkaSourceKind.JVM
     assert settings.delta.engine is DeltaEngine.DELTA_SPARK
+    assert settings.silver.state_store is StateStore.ROCKSDB
+    assert settings.silver.state_store.provider_class.endswith(".RocksDBStateStoreProvider")
     assert settings.table_path("bronze.events").startswith("s3a://")
 
 

@@ -47,3 +47,15 @@ def test_append_and_append_routed_replays_write_nothing(spark: SparkSession,
     written = _rows(tmp_path / "all")
     assert [r["id"] for r in written] == [1, 2, 3]
     assert len({r["written_at"] for r in written}) == 1 and written[0]["written_at"] is not None
+
+
+def test_append_routed_adds_the_constants_after_the_collect(spark: SparkSession,
+                                                            tmp_path: Path) -> None:
+    """Per-batch values (batch id, write time) come from the driver, not the Spark plan."""
+    writer = DeltaRsWriter()
+    df = spark.createDataFrame([(1, "a"), (2, "b")], "id long, route string")
+    tables = [RoutedTable(route="a", path=str(tmp_path / "a"), columns=("id", "batch"))]
+    out = writer.append_routed(df, "route", tables, app_id="q", version=3, returning=("id",),
+                               constants={"batch": pa.scalar(3, pa.int64())})
+    assert out.column_names == ["id"] and out.num_rows == 2
+    assert _rows(tmp_path / "a") == [{"id": 1, "batch": 3}]

@@ -172,6 +172,8 @@ def test_unreadable_tags_and_relay_messages_become_rejected_rows(spark: SparkSes
 def test_the_resolvers_ledger_rows_have_silvers_ledger_types(spark: SparkSession) -> None:
     """The resolver appends to silver.rejects: its rows must have the types silver's routed
     rejects have, or one of the two writers fails on the other's table."""
+    from pyspark.sql.pandas.types import from_arrow_type
+
     from pipelines.config import load_settings
     from pipelines.jobs.silver import SILVER_PAYLOAD_FIELDS, silver_input, silver_topic_tables
     from pipelines.transforms.bronze import kafka_to_bronze
@@ -179,18 +181,21 @@ def test_the_resolvers_ledger_rows_have_silvers_ledger_types(spark: SparkSession
         REJECT_COLUMNS,
         REJECT_SCHEMA,
         flag_late,
+        ledger_stamps,
         routed_rows,
     )
 
     settings = load_settings()
     now = int(time.time() * 1000)
+    stamps = ledger_stamps(1, datetime.now(UTC))  # added by the sink on the driver
     silver = (kafka_frame(spark, [("classroom.signal", b"{not json")], now)
               .transform(kafka_to_bronze).transform(silver_input(settings))
               .transform(flag_late(now))
-              .transform(routed_rows(silver_topic_tables(settings), SILVER_PAYLOAD_FIELDS, 1))
-              .select(*REJECT_COLUMNS))
+              .transform(routed_rows(silver_topic_tables(settings), SILVER_PAYLOAD_FIELDS)))
+    types = {f.name: f.dataType for f in silver.schema}
+    types.update({name: from_arrow_type(value.type) for name, value in stamps.items()})
     ours = spark.createDataFrame([], REJECT_SCHEMA)
-    assert [(f.name, f.dataType) for f in silver.schema] == [
+    assert [(c, types[c]) for c in REJECT_COLUMNS] == [
         (f.name, f.dataType) for f in ours.schema]
 
 

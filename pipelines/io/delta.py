@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
@@ -53,11 +53,13 @@ class DeltaWriter(Protocol):
         them as they are, without a round trip through a Spark job."""
 
     def append_routed(self, df: DataFrame, route_column: str, tables: Sequence[RoutedTable], *,
-                      app_id: str, version: int, returning: Sequence[str] = ()) -> pa.Table:
+                      app_id: str, version: int, returning: Sequence[str] = (),
+                      constants: Mapping[str, pa.Scalar] | None = None) -> pa.Table:
         """Append each table's rows of `df` (where `route_column` equals its route), each
         table once per (app_id, version). Returns the `returning` columns of every row of `df`
         (routed or not, and also on a replay that writes nothing), from the same evaluation:
-        `df` is computed once."""
+        `df` is computed once. `constants`: columns of one value for every row, which the
+        tables may name and `df` does not hold."""
 
     def read(self, spark: SparkSession, path: str) -> DataFrame:
         """The table's current snapshot as a Spark DataFrame."""
@@ -89,23 +91,28 @@ class DeltaRsWriter:
         return _write_arrow(table, path, partition_by, app_id, version)
 
     def append_routed(self, df: DataFrame, route_column: str, tables: Sequence[RoutedTable], *,
-                      app_id: str, version: int, returning: Sequence[str] = ()) -> pa.Table:
+                      app_id: str, version: int, returning: Sequence[str] = (),
+                      constants: Mapping[str, pa.Scalar] | None = None) -> pa.Table:
         """One collect for all tables (a Spark job each costs ~0.2 s of fixed time), then an
-        Arrow filter per table on the driver."""
+        Arrow filter per table on the driver; `constants` are added to the collected rows."""
+        import pyarrow as pa
         import pyarrow.compute as pc
 
+        constants = constants or {}
         pending = [t for t in tables if not _already_written(t.path, app_id, version)]
-        columns = list(dict.fromkeys(
-            [*(c for t in pending for c in (*t.columns, route_column)), *returning]))
+        columns = [c for c in dict.fromkeys(
+            [*(c for t in pending for c in (*t.columns, route_column)), *returning])
+            if c not in constants]
         if not columns:  # a replay, and nothing asked of the rows
-            import pyarrow as pa
-
             return pa.table({})
         if returning:
             rows = df.select(*columns).toArrow()
         else:  # only the rows some pending table takes
             rows = df.where(df[route_column].isin([t.route for t in pending])).select(
                 *columns).toArrow()
+        for name, value in constants.items():
+            rows = rows.append_column(pa.field(name, value.type, nullable=False),
+                                      pa.repeat(value, rows.num_rows))
         for t in pending:
             _write_arrow(rows.filter(pc.equal(rows[route_column], t.route)).select(
                 list(t.columns)), t.path, t.partition_by, app_id, version)
@@ -165,8 +172,13 @@ class DeltaSparkWriter:
                            app_id=app_id, version=version)
 
     def append_routed(self, df: DataFrame, route_column: str, tables: Sequence[RoutedTable], *,
-                      app_id: str, version: int, returning: Sequence[str] = ()) -> pa.Table:
+                      app_id: str, version: int, returning: Sequence[str] = (),
+                      constants: Mapping[str, pa.Scalar] | None = None) -> pa.Table:
         """A filtered append per table over `df` computed once (persisted)."""
+        from pyspark.sql.pandas.types import from_arrow_type
+
+        df = df.select("*", *(F.lit(value.as_py()).cast(from_arrow_type(value.type)).alias(name)
+                              for name, value in (constants or {}).items()))
         df = df.persist()
         try:
             for t in tables:

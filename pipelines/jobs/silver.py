@@ -74,6 +74,7 @@ from pipelines.transforms.silver import (
     flag_late,
     flag_unnatural_timestamps,
     flag_unrouted_topics,
+    ledger_stamps,
     quality_counts,
     routed_rows,
     with_dedup_key,
@@ -165,10 +166,10 @@ class SilverBatchWriter:
         ledger, come to the driver once; the per-team counts are made from their outcomes."""
         assert self.app_id is not None
         routed = (rows.transform(self.enrich(spark))  # one lookup per batch
-                  .transform(routed_rows(self.topic_tables, SILVER_PAYLOAD_FIELDS, batch_id)))
-        outcomes = self.writer.append_routed(routed, ROUTE_COLUMN, self.tables,
-                                             app_id=self.app_id, version=batch_id,
-                                             returning=OUTCOME_COLUMNS)
+                  .transform(routed_rows(self.topic_tables, SILVER_PAYLOAD_FIELDS)))
+        outcomes = self.writer.append_routed(
+            routed, ROUTE_COLUMN, self.tables, app_id=self.app_id, version=batch_id,
+            returning=OUTCOME_COLUMNS, constants=ledger_stamps(batch_id, datetime.now(UTC)))
         if self.settings.faults.kill_after_delta_commit_batch == batch_id:
             # Fault injection (tests): die between the batch's table commits and its metrics.
             os.kill(os.getpid(), signal.SIGKILL)

@@ -146,15 +146,28 @@ REJECT_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in REJECT_FIELDS)
 _RAW_RECORD = ("key", "value", "value_raw")
 
 
-def routed_rows(tables: Mapping[str, str], payload_fields: Sequence[str],
-                batch_id: int) -> Transform:
+# Ledger columns with one value per micro-batch, which the sink adds on the driver after the
+# collect (`ledger_stamps`, `DeltaWriter.append_routed(constants=...)`). As literals in the
+# Spark plan they would change every batch, and Spark inlines literals into generated code: the
+# batch's main stage would compile a fresh class and JIT-warm it every batch
+# (docs/BENCHMARKS.md, 2026-11-28).
+LEDGER_STAMPS = ("batch_id", "rejected_at")
+
+
+def ledger_stamps(batch_id: int, at: dt.datetime) -> dict[str, pa.Scalar]:
+    """The `LEDGER_STAMPS` of one micro-batch, typed as `REJECT_FIELDS` says."""
+    return {"batch_id": pa.scalar(batch_id, pa.int64()),
+            "rejected_at": pa.scalar(at, pa.timestamp("us", tz="UTC"))}
+
+
+def routed_rows(tables: Mapping[str, str], payload_fields: Sequence[str]) -> Transform:
     """Every row of a micro-batch in one frame, with the table it goes to in `ROUTE_COLUMN`.
 
     An accepted row goes to its stream's silver table (topic -> table in `tables`; every
     topic has one after `flag_unrouted_topics`): payload flattened to typed columns (the
     union of the streams' fields) and `event_date`. A rejected row goes to `REJECTS_TABLE`
-    with what the ledger keeps (`REJECT_COLUMNS`): the raw record, coordinates, reason, rule,
-    watermark, batch id, `rejected_at` and `reject_date`. One frame, so a micro-batch is
+    with what the ledger keeps (`REJECT_COLUMNS` but the `LEDGER_STAMPS`): the raw record,
+    coordinates, reason, rule, watermark and `reject_date`. One frame, so a micro-batch is
     computed by one Spark job (no cache, no second pass over the stateful plan) and split by
     the writer; the raw record is carried on rejected rows only.
     """
@@ -170,8 +183,6 @@ def routed_rows(tables: Mapping[str, str], payload_fields: Sequence[str],
         payload = [F.col(f"payload.{name}").alias(name) for name in payload_fields]
         return df.select(*kept, *payload,
                          F.to_date("event_time").alias("event_date"),
-                         F.lit(batch_id).cast("long").alias("batch_id"),
-                         F.current_timestamp().alias("rejected_at"),
                          F.to_date("kafka_timestamp").alias("reject_date"),
                          route.alias(ROUTE_COLUMN))
 

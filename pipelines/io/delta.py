@@ -80,8 +80,7 @@ class DeltaRsWriter:
             import pyarrow as pa
 
             stamp = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
-            table = table.append_column(pa.field(stamp_column, stamp.type, nullable=False),
-                                        pa.repeat(stamp, table.num_rows))
+            table = _with_constants(table, {stamp_column: stamp})
         return _write_arrow(table, path, partition_by, app_id, version)
 
     def append_arrow(self, spark: SparkSession, table: pa.Table, path: str, *,
@@ -110,9 +109,7 @@ class DeltaRsWriter:
         else:  # only the rows some pending table takes
             rows = df.where(df[route_column].isin([t.route for t in pending])).select(
                 *columns).toArrow()
-        for name, value in constants.items():
-            rows = rows.append_column(pa.field(name, value.type, nullable=False),
-                                      pa.repeat(value, rows.num_rows))
+        rows = _with_constants(rows, constants)
         for t in pending:
             _write_arrow(rows.filter(pc.equal(rows[route_column], t.route)).select(
                 list(t.columns)), t.path, t.partition_by, app_id, version)
@@ -127,6 +124,18 @@ class DeltaRsWriter:
         from deltalake import DeltaTable
 
         return DeltaTable.is_deltatable(path)
+
+
+def _with_constants(table: pa.Table, constants: Mapping[str, pa.Scalar]) -> pa.Table:
+    """`table` with a last column per constant, holding its (non-null) value on every row:
+    values fixed per batch are added here, on the driver, so no per-batch literal reaches a
+    Spark plan (Spark inlines literals into generated code: a fresh class every batch)."""
+    import pyarrow as pa
+
+    for name, value in constants.items():
+        table = table.append_column(pa.field(name, value.type, nullable=False),
+                                    pa.repeat(value, table.num_rows))
+    return table
 
 
 def _already_written(path: str, app_id: str, version: int) -> bool:

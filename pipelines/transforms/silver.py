@@ -152,12 +152,13 @@ _RAW_RECORD = ("key", "value", "value_raw")
 # batch's main stage would compile a fresh class and JIT-warm it every batch
 # (docs/BENCHMARKS.md, 2026-11-28).
 LEDGER_STAMPS = ("batch_id", "rejected_at")
+UTC_MICROS = pa.timestamp("us", tz="UTC")  # Spark's timestamp in Arrow (session zone UTC)
 
 
 def ledger_stamps(batch_id: int, at: dt.datetime) -> dict[str, pa.Scalar]:
     """The `LEDGER_STAMPS` of one micro-batch, typed as `REJECT_FIELDS` says."""
     return {"batch_id": pa.scalar(batch_id, pa.int64()),
-            "rejected_at": pa.scalar(at, pa.timestamp("us", tz="UTC"))}
+            "rejected_at": pa.scalar(at, UTC_MICROS)}
 
 
 def routed_rows(tables: Mapping[str, str], payload_fields: Sequence[str]) -> Transform:
@@ -196,10 +197,10 @@ QUALITY_METRICS_SCHEMA = pa.schema([
     pa.field("team", pa.string(), nullable=False),
     pa.field("outcome", pa.string(), nullable=False),
     pa.field("rows", pa.int64(), nullable=False),
-    pa.field("max_event_time", pa.timestamp("us", tz="UTC")),
+    pa.field("max_event_time", UTC_MICROS),
     pa.field("batch_id", pa.int64(), nullable=False),
     pa.field("query_id", pa.string(), nullable=False),
-    pa.field("recorded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("recorded_at", UTC_MICROS, nullable=False),
 ])
 
 
@@ -220,10 +221,10 @@ def quality_counts(outcomes: pa.Table, *, batch_id: int, query_id: str,
     n = counts.num_rows
     return pa.table({
         "team": counts["team"], "outcome": counts["outcome"], "rows": counts["count_all"],
-        "max_event_time": counts["dedup_time_max"].cast(pa.timestamp("us", tz="UTC")),
+        "max_event_time": counts["dedup_time_max"],
         "batch_id": pa.repeat(pa.scalar(batch_id, pa.int64()), n),
         "query_id": pa.repeat(pa.scalar(query_id), n),
-        "recorded_at": pa.repeat(pa.scalar(recorded_at, pa.timestamp("us", tz="UTC")), n),
+        "recorded_at": pa.repeat(pa.scalar(recorded_at, UTC_MICROS), n),
     }).cast(QUALITY_METRICS_SCHEMA)
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from pyspark.sql import SparkSession
+from chispa import assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.bench.stages import bronze_batch
 from pipelines.config import BadInputShares, SimulatorConfig
 from pipelines.simulator import generate_events
-from pipelines.transforms.validate import parse_and_validate
+from pipelines.transforms.validate import _plain, parse_and_validate
 from quality.rules import rule_id
 from schemas.contract import validate_raw
 
@@ -106,6 +107,18 @@ EDGE_CASES: dict[str, bytes | None] = {
     "number as string field": PLAIN.replace(b'"cr-1"', b"1e400"),
     "bool as string field": PLAIN.replace(b'"cr-1"', b"true"),
     "double as nan string": PLAIN.replace(b'"jitter_ms":3.0', b'"jitter_ms":"NaN"'),
+    "object as string field": PLAIN.replace(b'"cr-1"', b'{"a":1}'),
+    "bracket in a string": PLAIN.replace(b'"cr-1"', b'"cr-]1"'),
+    "another type's field, as text of a number": PLAIN.replace(b'"rtt_ms":80',
+                                                              b'"rtt_ms":80,"courseware_id":5'),
+    "another type's field, wrong type": PLAIN.replace(b'"rtt_ms":80', b'"rtt_ms":80,"page":"x"'),
+    "another type's field, overflow": PLAIN.replace(b'"rtt_ms":80',
+                                                   b'"rtt_ms":80,"lag_ms":1e400'),
+    "plain, rule broken": PLAIN.replace(b'"rtt_ms":80', b'"rtt_ms":70000'),
+    "plain, enum broken": PLAIN.replace(b'"role":"teacher"', b'"role":"admin"'),
+    "plain, field missing": PLAIN.replace(b'"user_id":"u-1",', b""),
+    "plain, condition unmet": PLAIN.replace(b',"mic_muted":false', b""),
+    "plain, unknown version": PLAIN.replace(b'"schema_version":1', b'"schema_version":9'),
 }
 
 
@@ -126,12 +139,17 @@ def _expected(raw: bytes | None) -> tuple[str | None, str | None]:
 
 
 @pytest.fixture(scope="module")
-def verdicts(spark: SparkSession) -> dict[int, tuple[str | None, str | None]]:
-    """Record index -> the stream's (reject_reason, reject_rule)."""
+def bronze(spark: SparkSession) -> DataFrame:
+    """The edge cases, then the simulated records, as bronze rows (offset = index)."""
     records = list(EDGE_CASES.values()) + _simulated()
     n = len(records)
-    bronze = spark.createDataFrame(bronze_batch(["classroom.av"] * n, [0] * n, list(range(n)),
-                                                [T0] * n, [0] * n, [b"k"] * n, records))
+    return spark.createDataFrame(bronze_batch(["classroom.av"] * n, [0] * n, list(range(n)),
+                                              [T0] * n, [0] * n, [b"k"] * n, records))
+
+
+@pytest.fixture(scope="module")
+def verdicts(bronze: DataFrame) -> dict[int, tuple[str | None, str | None]]:
+    """Record index -> the stream's (reject_reason, reject_rule)."""
     out = bronze.transform(parse_and_validate).select("offset", "reject_reason", "reject_rule")
     return {r.offset: (r.reject_reason, r.reject_rule) for r in out.collect()}
 
@@ -158,3 +176,36 @@ def test_simulated_records_agree_with_the_python_validator(
 def test_the_good_record_is_valid() -> None:
     """Every edge case is a one-place change of GOOD, so GOOD itself must pass."""
     assert validate_raw(GOOD) == []
+
+
+def test_the_plain_road_gives_the_variant_roads_rows(bronze: DataFrame) -> None:
+    """Every output column (typed envelope, payload struct, verdict) of every record is the
+    same whether plain records take the one-parse road or all take the variant road."""
+    plain = bronze.transform(parse_and_validate).orderBy("offset")
+    variant = bronze.transform(parse_and_validate, plain_road=False).orderBy("offset")
+    assert_df_equality(plain, variant)
+
+
+def test_plain_records_take_the_plain_road(bronze: DataFrame) -> None:
+    """The one-parse road takes the ordinary records and leaves every doubtful one to the
+    variant road (text a non-string would also give, `]`, escapes, non-finite doubles)."""
+    names = list(EDGE_CASES)
+    plain = {r.offset for r in
+             bronze.transform(_plain).where("_pt IS NOT NULL").select("offset").collect()}
+    assert {names[i] for i in plain if i < len(names)} == {
+        "version text", "version text, padded", "string infinity", "empty object",
+        "plain, rule broken", "plain, enum broken", "plain, field missing",
+        "plain, condition unmet", "plain, unknown version"}
+    simulated = len(_simulated())
+    assert len([i for i in plain if i >= len(names)]) > 0.8 * simulated
+
+
+def test_a_filter_right_after_the_validation(
+        bronze: DataFrame, verdicts: dict[int, tuple[str | None, str | None]]) -> None:
+    """The optimizer pushes a filter down through the validation's projections, inlining each
+    column it meets; the plan must stay small enough to run (a road flag read in every
+    field's expression once made this filter's plan outgrow a 2 GB driver heap)."""
+    # Repartitioned: over a local relation Spark would evaluate the plan while optimizing.
+    rejected = (bronze.repartition(2).transform(parse_and_validate)
+                .where("reject_reason IS NOT NULL"))
+    assert rejected.count() == sum(1 for reason, _ in verdicts.values() if reason is not None)

@@ -13,6 +13,16 @@ never mismatches, keeps its JSON type (`schema_of_variant`), and becomes the typ
 after the type check passed. Only records whose payload is not an object (or that do not
 parse) are read a second time.
 
+Most records take a cheaper road: one strict typed parse of `{"k":[<value>]}` with a corrupt-
+record column, which flags any type mismatch (`int` for 1.5, `double` for "NaN", an object
+for a number) and, with the record inside an array, anything after its first JSON value. A
+record is *plain* when that parse is clean, holds one object, the record has no `]` (text
+after the array's end would be ignored) and no `\\u` escape (lone surrogates), no string field
+holds text a non-string would also give (`5`, `true`, `{...}`: Spark writes those as text
+into a string field) and no double is non-finite (an overflow). For a plain record the
+variant reads would say what the typed one says, so they are skipped (their columns null)
+and the rules below run on the typed values; the rest take the variant road.
+
 Why the extra JSON checks: Spark's parser stops after the first JSON value (`{...},}` parses)
 and is lenient by default; orjson, the contract's parser, is strict. A record is well-formed
 when (a) a strict `from_json` of `{"k":<value>}` succeeds, which also catches trailing text
@@ -102,6 +112,24 @@ _PROBE = _probe_schema(StructType([StructField(f.name, VariantType(), True)
 _PROBE_SLOW = _probe_schema(VariantType())
 _SYNTAX_ONLY = StructType([StructField("k", StringType(), True),
                            StructField(CORRUPT, StringType(), True)])
+# The plain read: `{"k":[<value>]}` against the typed contract schema. Spark's JSON reading
+# writes any value as text into a string field, so it cannot tell `"5"` from `5`; what such
+# text can look like (a JSON number, true, false, an object, `"Infinity"` for a number beyond
+# the double range) is what `_lax_string` looks for.
+_PLAIN_PROBE = StructType([StructField("k", ArrayType(envelope_spark_schema()), True),
+                           StructField(CORRUPT, StringType(), True)])
+_JSON_NUMBER = r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?(?![\s\S])"
+
+
+def _lax_string(field: str) -> str:
+    """SQL: the string could be the text of a non-string JSON value. The regex (a decode of
+    the string per call) only for text that starts like a number."""
+    first = f"left({field}, 1)"
+    return (f"CASE WHEN {first} IN ({sql_list(list('-0123456789'))})"
+            f" THEN {field} RLIKE r'{_JSON_NUMBER}'"
+            f" ELSE {first} IN ('{{', '[', '\"') OR {field} IN ('true', 'false') END")
+
+
 _ENV_SPECS = {s.name: s for s in ENVELOPE_FIELDS if s.type != "object"}
 _PAY_SPECS = {s.name: s for s in UNION_PAYLOAD_FIELDS}
 _LEAVES = [("e", s) for s in _ENV_SPECS.values()] + [("p", s) for s in _PAY_SPECS.values()]
@@ -131,23 +159,60 @@ def _wrapped(value: Column) -> Column:
 _BRACKETED = "'[' || value || ']'"  # the record as a JSON array of what it holds
 
 
+def _plain(df: DataFrame, enabled: bool = True) -> DataFrame:
+    """The cheap read most records need: one strict typed parse of `{"k":[<value>]}`, kept as
+    `_pt` only where that read alone settles the record (module docstring), else null.
+
+    Downstream steps tell the roads apart by `_pt` being null (a plain record's variant reads
+    are null, and the reverse), never by a flag read in every field's expression: a filter
+    the optimizer pushes down through the validation inlines each column it meets, so a flag
+    read a hundred times multiplies the pushed condition's size at every step.
+    """
+    if not enabled:
+        return df.select("*", F.lit(None).cast(envelope_spark_schema()).alias("_pt"))
+    probe = F.from_json(F.concat(F.lit('{"k":['), F.col("value"), F.lit("]}")), _PLAIN_PROBE,
+                        STRICT_JSON)
+    first = "get(_plain_probe.k, 0)"  # null, not an error, for an empty array
+    doubtful = [_lax_string(_plain_leaf(part, s.name, first))
+                for part, s in _LEAVES if s.type == "string"]
+    doubtful += [f"NOT (abs({_plain_leaf(part, s.name, first)}) < double('Infinity'))"
+                 for part, s in _LEAVES if s.type == "double"]
+    clean = (f"_plain_probe.{CORRUPT} IS NULL AND size(_plain_probe.k) = 1"
+             " AND NOT contains(value, ']') AND NOT contains(value, r'\\u')")
+    # `spark_partition_id() >= 0` always holds; it makes the column non-deterministic, which
+    # is what stops the optimizer from pushing a later filter down through this projection
+    # (and so from inlining this expression into every field's expression above it).
+    plain = (f"CASE WHEN coalesce({clean}, false)"
+             f" AND NOT coalesce({' OR '.join(doubtful)}, false)"
+             f" AND spark_partition_id() >= 0 THEN {first} END")
+    return df.select("*", probe.alias("_plain_probe")).select(
+        *df.columns, F.expr(plain).alias("_pt"))
+
+
 def _parse(df: DataFrame) -> DataFrame:
-    """Read each record twice: into variants (JSON types) and, as `[value]`, against the
-    contract's typed schema (values, and how many JSON values the record holds); a third time
-    for the few the variant probe fails on."""
-    value = F.col("value")
+    """Records the plain read does not settle are read again (the rest get nulls): into variants
+    (JSON types) and, as `[value]`, against the contract's typed schema (values, and how many
+    JSON values the record holds); a third time for the few the variant probe fails on."""
+    value = F.when(F.col("_pt").isNull(), F.col("value"))
     fast = F.from_json(_wrapped(value), _PROBE, STRICT_JSON)
     slow = F.from_json(_wrapped(value), _PROBE_SLOW, STRICT_JSON)
-    typed = F.from_json(F.expr(_BRACKETED), ArrayType(envelope_spark_schema()))
+    bracketed = F.concat(F.lit("["), value, F.lit("]"))
+    typed = F.from_json(bracketed, ArrayType(envelope_spark_schema()))
     parsed = df.select("*", fast.alias("_probe"), typed.alias("_typed_items"))
     # The typed read doubles as the `[value]` element count; `json_array_length` (a third full
     # parse) only where it did not parse (malformed or not an object: a few records).
-    items = F.expr("CASE WHEN _typed_items IS NOT NULL THEN size(_typed_items)"
+    items = F.expr("CASE WHEN _pt IS NOT NULL THEN 1"
+                   " WHEN _typed_items IS NOT NULL THEN size(_typed_items)"
                    f" ELSE json_array_length({_BRACKETED}) END")
     return parsed.select(
         *df.columns, "_probe", F.expr("get(_typed_items, 0)").alias("_typed"),
         items.alias("_items"),
         F.when(F.col(f"_probe.{CORRUPT}").isNotNull(), slow).alias("_slow"))
+
+
+def _plain_leaf(part: str, name: str, record: str = "_pt") -> str:
+    """SQL of a field in the plain read."""
+    return f"{record}.`{name}`" if part == "e" else f"{record}.payload.`{name}`"
 
 
 def _leaf(part: str, name: str) -> str:
@@ -162,6 +227,7 @@ def _leaf(part: str, name: str) -> str:
 def _leaves(df: DataFrame) -> DataFrame:
     """Each field's JSON type; whether the payload is an object, absent (or null) or else."""
     payload_kind = F.expr(f"""CASE
+        WHEN _pt IS NOT NULL THEN CASE WHEN _pt.payload IS NULL THEN 'absent' ELSE 'object' END
         WHEN _probe.{CORRUPT} IS NULL THEN
             CASE WHEN _probe.k.payload IS NULL THEN 'absent' ELSE 'object' END
         WHEN coalesce(schema_of_variant(_slow.k.payload), 'VOID') = 'VOID' THEN 'absent'
@@ -196,21 +262,26 @@ def _values(df: DataFrame) -> DataFrame:
     cols, overflow = [], []
     for part, spec in _LEAVES:
         leaf, json_type = _leaf(part, spec.name), _col(part, "type", spec.name)
+        plain = _plain_leaf(part, spec.name)
         value = _typed_value(spec, part)
-        cols.append(F.expr(f"{json_type} IS NOT NULL AND {json_type} <> 'VOID'")
+        # `_pt` is null on the variant road and the variant reads on the plain one.
+        cols.append(F.expr(f"{plain} IS NOT NULL"
+                           f" OR ({json_type} IS NOT NULL AND {json_type} <> 'VOID')")
                     .alias(_name(part, "present", spec.name)))
-        cols.append(F.expr(value).alias(_name(part, "value", spec.name)))
+        cols.append(F.expr(f"coalesce({plain}, {value})")
+                    .alias(_name(part, "value", spec.name)))
         if spec.type != "string" and spec.name in _CONDITION_FIELDS:
+            # A plain record's non-string field never holds a JSON string.
             text = (f"CASE WHEN {json_type} = 'STRING'"
                     f" THEN try_variant_get({leaf}, '$', 'string') END")
             cols.append(F.expr(text).alias(_name(part, "text", spec.name)))
         # A number beyond the double range is a DOUBLE variant that prints as "Infinity".
         overflow.append(f"({json_type} = 'DOUBLE' AND to_json({leaf}) LIKE '%Infinity%')")
-    parsed = F.expr(f"_probe.{CORRUPT} IS NULL OR _slow.{CORRUPT} IS NULL")
+    parsed = F.expr(f"_pt IS NOT NULL OR _probe.{CORRUPT} IS NULL OR _slow.{CORRUPT} IS NULL")
     keep = [c for c in df.columns
             if "_type_" not in c and c not in ("_typed", "_probe", "_slow")]
-    return df.select(*keep, *cols, parsed.alias("_parsed"),
-                     F.expr(f"coalesce({' OR '.join(overflow)}, false)").alias("_overflow"))
+    overflowed = f"coalesce({' OR '.join(overflow)}, false)"
+    return df.select(*keep, *cols, parsed.alias("_parsed"), F.expr(overflowed).alias("_overflow"))
 
 
 def _field(part: str, spec: FieldSpec) -> FieldValue:
@@ -241,7 +312,8 @@ def _well_formed() -> Column:
     value = F.col("value")
     parsed = F.when(F.col("_parsed"), F.lit(True)).otherwise(
         F.from_json(_wrapped(value), _SYNTAX_ONLY, STRICT_JSON).getField(CORRUPT).isNull())
-    surrogate = F.expr(f"contains(value, r'\\u') AND value RLIKE r'{LONE_SURROGATE}'")
+    surrogate = F.expr(f"_pt IS NULL AND contains(value, r'\\u')"
+                       f" AND value RLIKE r'{LONE_SURROGATE}'")
     ok = (value.isNotNull() & (F.col("_items") == 1) & parsed
           & ~F.coalesce(surrogate, F.lit(False)) & ~F.col("_overflow"))
     return F.coalesce(ok, F.lit(False))
@@ -258,7 +330,7 @@ def _envelope_violation() -> str:
     event_type, version = env("event_type"), env("schema_version")
     json_rule, object_rule = RECORD_RULES
     branches = [("NOT _well_formed", json_rule),
-                (f"NOT (value RLIKE r'{_STARTS_AN_OBJECT}')", object_rule)]
+                (f"_pt IS NULL AND NOT (value RLIKE r'{_STARTS_AN_OBJECT}')", object_rule)]
     branches += [(rule.violated_sql(env), rule) for rule in ENVELOPE_RULES]
     named = f"({event_type.type_ok}) AND length({event_type.value}) > 0"
     known = f"{event_type.value} IN ({sql_list(list(EVENT_TYPES))})"
@@ -330,16 +402,18 @@ def _result(df: DataFrame, carry: tuple[str, ...] = ()) -> DataFrame:
     )
 
 
-def parse_and_validate(df: DataFrame, carry: tuple[str, ...] = ()) -> DataFrame:
+def parse_and_validate(df: DataFrame, carry: tuple[str, ...] = (), *,
+                       plain_road: bool = True) -> DataFrame:
     """bronze.events -> one typed row per record with `reject_reason`/`reject_rule`.
 
     Needs `value` (the record as text where it is UTF-8; null otherwise, and then malformed)
     and the bronze coordinates; keeps `event_time` and `kafka_timestamp` so the skew, lateness
     and duplicate checks downstream can run on the result. `carry` names extra input columns
-    to pass through unchanged (no `_type_` in their names).
+    to pass through unchanged (no `_type_` in their names). `plain_road=False` sends every
+    record down the variant road (tests and benchmarks compare the two).
     """
-    return (df.transform(_parse).transform(_leaves).transform(_values)
-              .transform(_result, carry))
+    return (df.transform(_plain, plain_road).transform(_parse).transform(_leaves)
+              .transform(_values).transform(_result, carry))
 
 
 def flatten_payload(df: DataFrame) -> DataFrame:

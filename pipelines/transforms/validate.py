@@ -156,6 +156,11 @@ def _wrapped(value: Column) -> Column:
     return F.concat(F.lit('{"k":'), value, F.lit("}"))
 
 
+def _bracketed(value: Column) -> Column:
+    """The record as a JSON array of what it holds."""
+    return F.concat(F.lit("["), value, F.lit("]"))
+
+
 _BRACKETED = "'[' || value || ']'"  # the record as a JSON array of what it holds
 
 
@@ -170,8 +175,7 @@ def _plain(df: DataFrame, enabled: bool = True) -> DataFrame:
     """
     if not enabled:
         return df.select("*", F.lit(None).cast(envelope_spark_schema()).alias("_pt"))
-    probe = F.from_json(F.concat(F.lit('{"k":['), F.col("value"), F.lit("]}")), _PLAIN_PROBE,
-                        STRICT_JSON)
+    probe = F.from_json(_wrapped(_bracketed(F.col("value"))), _PLAIN_PROBE, STRICT_JSON)
     first = "get(_plain_probe.k, 0)"  # null, not an error, for an empty array
     doubtful = [_lax_string(_plain_leaf(part, s.name, first))
                 for part, s in _LEAVES if s.type == "string"]
@@ -196,8 +200,7 @@ def _parse(df: DataFrame) -> DataFrame:
     value = F.when(F.col("_pt").isNull(), F.col("value"))
     fast = F.from_json(_wrapped(value), _PROBE, STRICT_JSON)
     slow = F.from_json(_wrapped(value), _PROBE_SLOW, STRICT_JSON)
-    bracketed = F.concat(F.lit("["), value, F.lit("]"))
-    typed = F.from_json(bracketed, ArrayType(envelope_spark_schema()))
+    typed = F.from_json(_bracketed(value), ArrayType(envelope_spark_schema()))
     parsed = df.select("*", fast.alias("_probe"), typed.alias("_typed_items"))
     # The typed read doubles as the `[value]` element count; `json_array_length` (a third full
     # parse) only where it did not parse (malformed or not an object: a few records).
@@ -280,8 +283,8 @@ def _values(df: DataFrame) -> DataFrame:
     parsed = F.expr(f"_pt IS NOT NULL OR _probe.{CORRUPT} IS NULL OR _slow.{CORRUPT} IS NULL")
     keep = [c for c in df.columns
             if "_type_" not in c and c not in ("_typed", "_probe", "_slow")]
-    overflowed = f"coalesce({' OR '.join(overflow)}, false)"
-    return df.select(*keep, *cols, parsed.alias("_parsed"), F.expr(overflowed).alias("_overflow"))
+    return df.select(*keep, *cols, parsed.alias("_parsed"),
+                     F.expr(f"coalesce({' OR '.join(overflow)}, false)").alias("_overflow"))
 
 
 def _field(part: str, spec: FieldSpec) -> FieldValue:
